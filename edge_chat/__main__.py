@@ -1,0 +1,3 @@
+from edge_chat.cli import main
+
+main()

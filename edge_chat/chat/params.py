@@ -1,0 +1,97 @@
+"""Sampling parameters with the OpenAI Chat Completions names and ranges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edge_chat.errors import EdgeChatError
+
+
+class SamplingParams(BaseModel):
+    """What a caller may ask of one generation. Engines read the sampler fields;
+    the chat loop handles `stop`, `max_tokens` and `n`."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, ge=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 = off")
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repeat_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    stop: list[str] = Field(default_factory=list)
+    max_tokens: int | None = Field(None, ge=1)
+    n: int = Field(1, ge=1, le=16)
+    logit_bias: dict[int, float] = Field(default_factory=dict)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, v: Any) -> list[str]:
+        if v is None:
+            return []
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+            raise ValueError("must be a string or a list of strings")
+        if len(v) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(s == "" for s in v):
+            raise ValueError("stop sequences must not be empty")
+        return v
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _logit_bias(cls, v: Any) -> dict[int, float]:
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            raise ValueError("must be a map of token id to bias")
+        out: dict[int, float] = {}
+        for k, b in v.items():
+            try:
+                tok = int(k)
+            except (TypeError, ValueError):
+                raise ValueError(f"key {k!r} is not a token id") from None
+            if tok < 0:
+                raise ValueError(f"token id {tok} is negative")
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not -100 <= b <= 100:
+                raise ValueError(f"bias for token {tok} must be a number in [-100, 100]")
+            out[tok] = float(b)
+        return out
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+FIELDS = tuple(SamplingParams.model_fields)
+
+
+def _first_error(err: ValidationError) -> EdgeChatError:
+    e = err.errors()[0]
+    field = ".".join(str(p) for p in e["loc"]) or "params"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        return EdgeChatError(f"unknown sampling parameter '{field}'", param=field)
+    return EdgeChatError(f"invalid '{field}': {msg}", param=field)
+
+
+def make_params(**values: Any) -> SamplingParams:
+    """Build params from keyword values, dropping None; bad values raise
+    EdgeChatError naming the field."""
+    clean = {k: v for k, v in values.items() if v is not None}
+    try:
+        return SamplingParams(**clean)
+    except ValidationError as err:
+        raise _first_error(err) from None
+
+
+def update_params(params: SamplingParams, **values: Any) -> SamplingParams:
+    """A copy of `params` with some fields changed, validated."""
+    merged = params.model_dump()
+    merged.update(values)
+    return make_params(**merged)

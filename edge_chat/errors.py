@@ -1,0 +1,46 @@
+"""One error type for every bad input a user can give us.
+
+Front-ends turn it into one line on stderr (CLI) or an OpenAI error JSON (HTTP)."""
+
+from __future__ import annotations
+
+
+class EdgeChatError(Exception):
+    """A user-facing error: `str(err)` is one clear line.
+
+    `param` names the offending field (OpenAI's `param`), `code` is OpenAI's
+    error code (e.g. ``context_length_exceeded``), `status` the HTTP status."""
+
+    status = 400
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        if status is not None:
+            self.status = status
+
+
+class ModelNotFound(EdgeChatError):
+    status = 404
+
+    def __init__(self, message: str, *, param: str | None = "model"):
+        super().__init__(message, param=param, code="model_not_found")
+
+
+class ModelLoadError(EdgeChatError):
+    """A model file exists but cannot be used (not GGUF, truncated, corrupt...)."""
+
+    status = 400
+
+
+class ContextLengthExceeded(EdgeChatError):
+    def __init__(self, message: str):
+        super().__init__(message, param="messages", code="context_length_exceeded")
+
+
+class ConvertError(EdgeChatError):
+    pass
