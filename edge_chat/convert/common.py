@@ -1,0 +1,136 @@
+"""What every converter shares: the source folder, atomic output, the summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from edge_chat.errors import ConvertError
+
+#: progress callback: (stage description, fraction 0..1 or None)
+Progress = Callable[[str, "float | None"], None]
+
+
+def no_progress(stage: str, frac: float | None = None) -> None:
+    pass
+
+
+@dataclass
+class ConvertResult:
+    output: Path
+    format: str
+    quant: str
+    source_bytes: int
+    output_bytes: int
+    seconds: float
+    fallbacks: list[str] = field(default_factory=list)   # tensors kept at another type
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return self.source_bytes / self.output_bytes if self.output_bytes else 0.0
+
+
+def path_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def weights_size(folder: Path) -> int:
+    """Bytes of the weight files of an HF folder."""
+    pats = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+    return sum(p.stat().st_size for pat in pats for p in folder.glob(pat)) or path_size(folder)
+
+
+def read_hf_config(folder: Path) -> dict:
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        raise ConvertError(f"{folder} has no config.json: not a Hugging Face model folder")
+    try:
+        return json.loads(cfg.read_text())
+    except (OSError, ValueError) as e:
+        raise ConvertError(f"{cfg} is not valid JSON: {e}") from None
+
+
+def resolve_source(src: str) -> Path:
+    """A local HF folder, or a hub id downloaded (only when online)."""
+    p = Path(src).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ConvertError(f"{src} is a file; convert takes a Hugging Face model folder")
+        read_hf_config(p)
+        return p
+    if src.count("/") != 1 or src.startswith((".", "/", "~")):
+        raise ConvertError(f"{src}: no such folder (and not a hub id like 'org/name')")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ConvertError("downloading needs huggingface_hub: pip install 'edge-chat[convert]'") from None
+    try:
+        return Path(snapshot_download(src, allow_patterns=[
+            "*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.tiktoken", "*.jinja"]))
+    except Exception as e:  # offline, unknown repo, gated...
+        raise ConvertError(
+            f"cannot download '{src}' from the hub ({type(e).__name__}); offline? "
+            f"download it elsewhere and pass the local folder: edge_chat convert ./{src.split('/')[-1]} ...") from None
+
+
+def model_basename(folder: Path) -> str:
+    from edge_chat.store import slug
+    return slug(folder.resolve().name)
+
+
+@contextmanager
+def atomic_path(final: Path, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; on success rename it into place,
+    on any error (or Ctrl-C) remove it. `final` is never half-written."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if is_dir and final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        remove(tmp)
+        raise
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def temp_dir(near: Path) -> Iterator[Path]:
+    """A scratch folder beside `near` (same disk), always removed."""
+    near.mkdir(parents=True, exist_ok=True)
+    d = Path(tempfile.mkdtemp(prefix=".edge_chat-", dir=near))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,84 @@
+"""The local model store: a folder of GGUF files and ONNX model folders."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from edge_chat.errors import ModelNotFound
+
+
+def models_dir() -> Path:
+    """`$EDGE_CHAT_MODELS`, else `models/` in the working directory."""
+    return Path(os.environ.get("EDGE_CHAT_MODELS") or "models").expanduser()
+
+
+def slug(name: str) -> str:
+    """A store name from a model name: lower case, safe characters only."""
+    s = re.sub(r"[^a-z0-9._-]+", "-", name.strip().lower()).strip("-.")
+    return s or "model"
+
+
+def model_kind(path: Path) -> str | None:
+    """'gguf' for a .gguf file, 'onnx' for a folder with model.onnx, else None."""
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return "gguf"
+    if path.is_dir() and (path / "model.onnx").is_file():
+        return "onnx"
+    return None
+
+
+def list_models(root: Path | None = None) -> list[Path]:
+    root = root or models_dir()
+    if not root.is_dir():
+        return []
+    out = [p for p in sorted(root.iterdir())
+           if not p.name.startswith(".") and model_kind(p) is not None]
+    return out
+
+
+def _inside(root: Path, name: str) -> bool:
+    if not name or "\x00" in name or os.path.isabs(name) or ".." in Path(name).parts \
+            or "/" in name or "\\" in name:
+        return False
+    return True
+
+
+def find_in_store(name: str, root: Path | None = None) -> Path:
+    """A model by store name only (no paths): `name`, `name.gguf`. The name
+    cannot escape the store. Raises ModelNotFound."""
+    root = root or models_dir()
+    if _inside(root, name):
+        for cand in (root / name, root / f"{name}.gguf"):
+            if model_kind(cand):
+                return cand
+    raise ModelNotFound(f"model '{name}' not found in the store {root}")
+
+
+def resolve_model(spec: str | None, root: Path | None = None) -> Path:
+    """A path (file or folder) or a store name; None → the store's only model."""
+    root = root or models_dir()
+    if spec is None:
+        models = list_models(root)
+        if len(models) == 1:
+            return models[0]
+        if not models:
+            raise ModelNotFound(
+                f"no model in the store {root}: make one with "
+                "'edge_chat convert HF_FOLDER --to gguf --quant q4_k_m' or pass a .gguf path",
+                param=None)
+        names = ", ".join(model_name(m) for m in models)
+        raise ModelNotFound(f"several models in the store, name one: {names}", param=None)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_dir() and not (path / "model.onnx").exists():
+            raise ModelNotFound(f"{path} is a folder without model.onnx: not an ONNX model")
+        return path
+    if os.sep in spec or spec.endswith(".gguf"):
+        raise ModelNotFound(f"model file not found: {spec}")
+    return find_in_store(spec, root)
+
+
+def model_name(path: Path) -> str:
+    return path.name[:-5] if path.name.lower().endswith(".gguf") else path.name
