@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -11,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from edge_chat.atomic import atomic_path, remove, write_json_atomic  # noqa: F401 (re-exported)
 from edge_chat.errors import ConvertError
 
 #: progress callback: (stage description, fraction 0..1 or None)
@@ -88,39 +88,6 @@ def model_basename(folder: Path) -> str:
 
 
 @contextmanager
-def atomic_path(final: Path, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; on success rename it into place,
-    on any error (or Ctrl-C) remove it. `final` is never half-written."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-        os.close(fd)
-        tmp = Path(name)
-    try:
-        yield tmp
-        if is_dir and final.exists():
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        remove(tmp)
-        raise
-
-
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-@contextmanager
 def temp_dir(near: Path) -> Iterator[Path]:
     """A scratch folder beside `near` (same disk), always removed."""
     near.mkdir(parents=True, exist_ok=True)
@@ -129,8 +96,3 @@ def temp_dir(near: Path) -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
