@@ -80,5 +80,45 @@ def resolve_model(spec: str | None, root: Path | None = None) -> Path:
     return find_in_store(spec, root)
 
 
+def path_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 def model_name(path: Path) -> str:
     return path.name[:-5] if path.name.lower().endswith(".gguf") else path.name
+
+
+def describe(path: Path) -> dict:
+    """Name, format, quant, size, arch, context, template of a stored model,
+    read from the file's metadata without loading weights."""
+    import json
+
+    kind = model_kind(path)
+    row = {"name": model_name(path), "path": str(path), "format": kind or "?",
+           "size_bytes": path_size(path)}
+    if kind == "gguf":
+        from edge_chat.engines.gguf_file import read_gguf
+        g = read_gguf(path)
+        row.update(quant=g.quant_name, arch=g.arch, context=g.context_length,
+                   n_params=g.n_params, n_layers=g.n_layers,
+                   chat_template=g.chat_template is not None, general_name=g.name)
+    elif kind == "onnx":
+        manifest = path / "edge_chat.json"
+        m = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        row.update(quant=m.get("quant", "?"), arch=m.get("arch", "?"),
+                   context=m.get("context_length"), n_params=m.get("n_params"),
+                   n_layers=m.get("n_layers"), source=m.get("source"),
+                   chat_template=bool(m.get("chat_template")) or _onnx_has_template(path))
+    return row
+
+
+def _onnx_has_template(path: Path) -> bool:
+    import json
+    cfg = path / "tokenizer_config.json"
+    try:
+        return bool(json.loads(cfg.read_text()).get("chat_template")) or \
+            (path / "chat_template.jinja").is_file()
+    except (OSError, ValueError):
+        return False

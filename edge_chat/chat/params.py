@@ -95,3 +95,56 @@ def update_params(params: SamplingParams, **values: Any) -> SamplingParams:
     merged = params.model_dump()
     merged.update(values)
     return make_params(**merged)
+
+
+#: what the front-ends use for fields a user leaves unset (llama.cpp's defaults:
+#: small models ramble at OpenAI's temperature 1 with no top-k/top-p)
+CHAT_DEFAULTS = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
+
+
+def chat_params(**values: Any) -> SamplingParams:
+    """make_params with CHAT_DEFAULTS under the given values."""
+    merged = dict(CHAT_DEFAULTS)
+    merged.update({k: v for k, v in values.items() if v is not None})
+    return make_params(**merged)
+
+
+def parse_value(field: str, text: str) -> Any:
+    """A value typed by a user for `field` (e.g. in `/set temperature 0.3`)."""
+    import json
+    if field not in FIELDS:
+        raise EdgeChatError(f"unknown sampling parameter '{field}' "
+                            f"(one of {', '.join(FIELDS)})", param=field)
+    text = text.strip()
+    if field == "stop":
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise EdgeChatError("stop: write a JSON list, e.g. [\"###\", \"User:\"]",
+                                    param=field) from None
+        return json.loads(text) if text.startswith('"') else text
+    if field == "logit_bias":
+        return parse_logit_bias(text.split())
+    if text.lower() in ("none", "null", ""):
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise EdgeChatError(f"invalid '{field}': {text!r} is not a number", param=field) from None
+
+
+def parse_logit_bias(items: list[str]) -> dict[int, float]:
+    """['123:-100', '42=5'] → {123: -100.0, 42: 5.0}."""
+    out: dict[int, float] = {}
+    for item in items:
+        key, sep, val = item.replace("=", ":").partition(":")
+        try:
+            out[int(key)] = float(val)
+        except ValueError:
+            raise EdgeChatError(f"invalid 'logit_bias': {item!r} (write TOKEN_ID:BIAS)",
+                                param="logit_bias") from None
+        if not sep:
+            raise EdgeChatError(f"invalid 'logit_bias': {item!r} (write TOKEN_ID:BIAS)",
+                                param="logit_bias")
+    return out

@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 
 from edge_chat.atomic import atomic_path, remove, write_json_atomic  # noqa: F401 (re-exported)
 from edge_chat.errors import ConvertError
+from edge_chat.store import path_size  # noqa: F401 (re-exported)
 
 #: progress callback: (stage description, fraction 0..1 or None)
 Progress = Callable[[str, "float | None"], None]
@@ -35,12 +36,6 @@ class ConvertResult:
     @property
     def ratio(self) -> float:
         return self.source_bytes / self.output_bytes if self.output_bytes else 0.0
-
-
-def path_size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def weights_size(folder: Path) -> int:

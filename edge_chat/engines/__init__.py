@@ -1,0 +1,48 @@
+"""Engines: one adapter per backend behind the `Engine` protocol (base.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_chat.errors import ModelLoadError, ModelNotFound
+from edge_chat.store import model_kind
+
+
+@dataclass
+class EngineOptions:
+    """Load options every front-end passes through unchanged."""
+    n_ctx: int | None = None
+    threads: int | None = None
+    gpu_layers: int | str | None = 0      # GGUF: N | "auto"
+    vram: str | None = None               # GGUF: budget for --gpu-layers auto
+    kv_type: str = "f16"                  # GGUF: f16 | q8_0
+    mmap: bool = True                     # GGUF
+    provider: str = "cpu"                 # ONNX: execution provider
+
+
+def _is_gguf_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def load_engine(path: Path, options: EngineOptions | None = None):
+    """The engine for a model path: a GGUF file or an ONNX model folder."""
+    o = options or EngineOptions()
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFound(f"model not found: {path}")
+    kind = model_kind(path) or ("gguf" if path.is_file() and _is_gguf_file(path) else None)
+    if kind == "gguf":
+        from edge_chat.engines.gguf import GGUFEngine
+        return GGUFEngine(path, n_ctx=o.n_ctx, threads=o.threads, gpu_layers=o.gpu_layers,
+                          vram=o.vram, kv_type=o.kv_type, mmap=o.mmap)
+    if kind == "onnx":
+        from edge_chat.engines.onnx import OnnxEngine
+        return OnnxEngine(path, n_ctx=o.n_ctx, threads=o.threads, provider=o.provider)
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a folder without model.onnx: not an ONNX model")
+    raise ModelLoadError(f"{path} is not a GGUF file (no GGUF magic) nor an ONNX model folder")

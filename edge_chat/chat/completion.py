@@ -1,0 +1,201 @@
+"""The chat loop: messages → prompt tokens → streamed text, over any Engine.
+
+Every front-end (CLI, HTTP API, page) goes through `ChatModel`; none of them
+builds prompts, matches stops or counts tokens on its own."""
+
+from __future__ import annotations
+
+import codecs
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator
+
+from edge_chat.chat.context import fit_messages
+from edge_chat.chat.messages import normalize_messages
+from edge_chat.chat.params import SamplingParams
+from edge_chat.chat.stops import StopMatcher
+from edge_chat.chat.template import ChatTemplate
+from edge_chat.errors import ContextLengthExceeded
+
+if TYPE_CHECKING:
+    from edge_chat.engines.base import Engine
+
+
+@dataclass
+class Prompt:
+    messages: list[dict]     # the messages that fit the window
+    text: str
+    tokens: list[int]
+    dropped: int = 0         # old turns trimmed to fit
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0          # prompt tokens taken from the KV cache
+    completion_tokens: int = 0
+    ttft: float = 0.0               # seconds to the first token
+    seconds: float = 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        t = self.seconds - self.ttft
+        return (self.completion_tokens - 1) / t if self.completion_tokens > 1 and t > 0 else 0.0
+
+
+@dataclass
+class Event:
+    """A piece of a streamed answer. The last event of each choice has a
+    finish_reason; the very last of the call also carries `usage`."""
+    index: int
+    delta: str = ""
+    finish_reason: str | None = None
+    usage: "Usage | None" = None
+    stats: Stats | None = None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    def as_dict(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+
+
+@dataclass
+class Choice:
+    index: int
+    text: str
+    finish_reason: str
+
+
+@dataclass
+class Completion:
+    choices: list[Choice]
+    usage: Usage
+    prompt: Prompt
+    stats: list[Stats] = field(default_factory=list)
+
+
+class ChatModel:
+    """One engine plus its chat template and context policy."""
+
+    def __init__(self, engine: "Engine", template: ChatTemplate | None = None, *,
+                 context_policy: str = "truncate"):
+        self.engine = engine
+        self.info = engine.info
+        self.template = template
+        self.context_policy = context_policy
+
+    @property
+    def n_ctx(self) -> int:
+        return self.info.n_ctx
+
+    # -- prompt -------------------------------------------------------------
+    def render(self, messages: list[dict], tools: list | None = None) -> str:
+        if self.template is None:
+            raise ValueError("this model was opened without a chat template")
+        return self.template.render(messages, add_generation_prompt=True, tools=tools)
+
+    def tokenize_prompt(self, text: str) -> list[int]:
+        add_bos = self.info.add_bos
+        if add_bos and self.info.bos_token and text.startswith(self.info.bos_token):
+            text = text[len(self.info.bos_token):]  # the tokenizer adds BOS itself
+        return self.engine.tokenize(text, add_bos=add_bos)
+
+    def count_tokens(self, messages: list[dict], tools: list | None = None) -> int:
+        return len(self.tokenize_prompt(self.render(messages, tools)))
+
+    def prepare(self, messages: list, params: SamplingParams, tools: list | None = None,
+                policy: str | None = None) -> Prompt:
+        msgs = normalize_messages(messages)
+        kept, dropped = fit_messages(msgs, lambda m: self.count_tokens(m, tools), self.n_ctx,
+                                     params.max_tokens, policy or self.context_policy)
+        text = self.render(kept, tools)
+        return Prompt(kept, text, self.tokenize_prompt(text), dropped)
+
+    def prepare_text(self, text: str, params: SamplingParams, policy: str | None = None) -> Prompt:
+        """A plain-text prompt (completion of base models): no template."""
+        tokens = self.engine.tokenize(text, add_bos=self.info.add_bos)
+        need = len(tokens) + (params.max_tokens or 1)
+        if need > self.n_ctx:
+            raise ContextLengthExceeded(
+                f"this model's context window is {self.n_ctx} tokens; the prompt takes "
+                f"{len(tokens)} and max_tokens asks for {params.max_tokens or 1} more")
+        return Prompt([], text, tokens)
+
+    # -- generation ---------------------------------------------------------
+    def stream(self, messages: list, params: SamplingParams, tools: list | None = None,
+               policy: str | None = None, prompt: Prompt | None = None) -> Iterator[Event]:
+        """Events for choice 0, then choice 1, ... (n choices in turn)."""
+        prompt = prompt or self.prepare(messages, params, tools, policy)
+        total = Usage(len(prompt.tokens), 0)
+        for i in range(params.n):
+            p = params
+            if params.n > 1 and params.seed is not None:
+                p = params.model_copy(update={"seed": (params.seed + i) % 2**32})
+            stats = Stats(prompt_tokens=len(prompt.tokens))
+            for ev in self._one(prompt.tokens, p, i, stats):
+                if ev.finish_reason is not None:
+                    total.completion_tokens += stats.completion_tokens
+                    if i == 0:
+                        total.cached_tokens = stats.cached_tokens
+                    if i == params.n - 1:
+                        ev.usage = total
+                yield ev
+
+    def complete(self, messages: list, params: SamplingParams, tools: list | None = None,
+                 policy: str | None = None, prompt: Prompt | None = None) -> Completion:
+        prompt = prompt or self.prepare(messages, params, tools, policy)
+        texts: dict[int, list[str]] = {}
+        choices, stats, usage = [], [], None
+        for ev in self.stream(messages, params, tools, policy, prompt=prompt):
+            texts.setdefault(ev.index, []).append(ev.delta)
+            if ev.finish_reason is not None:
+                choices.append(Choice(ev.index, "".join(texts[ev.index]), ev.finish_reason))
+                stats.append(ev.stats)
+                usage = ev.usage or usage
+        return Completion(choices, usage, prompt, stats)
+
+    def cancel(self) -> None:
+        self.engine.cancel()
+
+    def _one(self, tokens: list[int], params: SamplingParams, index: int,
+             stats: Stats) -> Iterator[Event]:
+        engine = self.engine
+        room = self.n_ctx - len(tokens)
+        limit = min(params.max_tokens or room, room)
+        stops = StopMatcher(params.stop)
+        utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        finish = "stop"
+        t0 = time.perf_counter()
+        gen = engine.generate(tokens, params)
+        try:
+            if limit <= 0:
+                finish = "length"
+            else:
+                for tok in gen:
+                    if stats.completion_tokens == 0:
+                        stats.ttft = time.perf_counter() - t0
+                        stats.cached_tokens = len(tokens) - engine.n_prompt_evaluated
+                    if engine.is_eog(tok):
+                        break
+                    stats.completion_tokens += 1
+                    text = stops.feed(utf8.decode(engine.token_bytes(tok)))
+                    if text:
+                        yield Event(index, text)
+                    if stops.hit is not None:
+                        break
+                    if stats.completion_tokens >= limit:
+                        finish = "length"
+                        break
+        finally:
+            gen.close()
+        stats.seconds = time.perf_counter() - t0
+        tail = stops.feed(utf8.decode(b"", final=True)) + stops.flush()
+        yield Event(index, tail, finish_reason=finish, stats=stats)

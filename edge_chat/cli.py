@@ -1,0 +1,237 @@
+"""The `edge_chat` command: parse, call the library, print. Nothing else."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from edge_chat.errors import EdgeChatError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Offline, quantized chat: convert, chat, serve, ui, models, bench.")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text.rstrip("\n") + "\n")
+    sys.stderr.flush()
+
+
+def command(fn):
+    """Register a command whose bad input ends in one line on stderr and exit 1."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgeChatError as e:
+            _err(f"error: {e}")
+            raise typer.Exit(1)
+        except KeyboardInterrupt:
+            _err("interrupted")
+            raise typer.Exit(130)
+    return app.command()(run)
+
+
+# -- shared options -----------------------------------------------------------
+ModelArg = typer.Argument(None, help="A .gguf file, an ONNX folder or a name in the store "
+                                     "(default: the store's only model).")
+CtxOpt = typer.Option(None, "--ctx-size", "-c", help="Context window (default: min(trained, 4096)).")
+ThreadsOpt = typer.Option(None, "--threads", "-t", help="CPU threads (default: physical cores).")
+GpuOpt = typer.Option("0", "--gpu-layers", help="GGUF: layers on the GPU: N or 'auto' (with --vram).")
+VramOpt = typer.Option(None, "--vram", help="GGUF: GPU memory budget for --gpu-layers auto, e.g. 4GB.")
+KvOpt = typer.Option("f16", "--kv-type", help="GGUF: KV cache type: f16 or q8_0.")
+MmapOpt = typer.Option(True, "--mmap/--no-mmap", help="GGUF: memory-map the weights.")
+ProviderOpt = typer.Option("cpu", "--provider", help="ONNX: execution provider (cpu, cuda, ...).")
+TemplateOpt = typer.Option(None, "--chat-template",
+                           help="A Jinja file or a built-in name (chatml, gemma, llama3, phi3, mistral).")
+
+
+def _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider):
+    from edge_chat.engines import EngineOptions
+    return EngineOptions(n_ctx=ctx_size, threads=threads, gpu_layers=gpu_layers, vram=vram,
+                         kv_type=kv_type, mmap=mmap, provider=provider)
+
+
+def _sampling(temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty,
+              repeat_penalty, seed, stop, max_tokens, logit_bias):
+    from edge_chat.chat.params import chat_params, parse_logit_bias
+    return chat_params(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                       presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                       repeat_penalty=repeat_penalty, seed=seed, stop=stop or None,
+                       max_tokens=max_tokens,
+                       logit_bias=parse_logit_bias(logit_bias) if logit_bias else None)
+
+
+# -- chat ---------------------------------------------------------------------
+@command
+def chat(
+    model: Optional[str] = ModelArg,
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Answer one message and exit."),
+    system: Optional[str] = typer.Option(None, "--system", "-s", help="System prompt."),
+    temperature: Optional[float] = typer.Option(None, help="0..2 (default 0.8; 0 = greedy)."),
+    top_p: Optional[float] = typer.Option(None, help="0..1 (default 0.95)."),
+    top_k: Optional[int] = typer.Option(None, help=">= 0, 0 = off (default 40)."),
+    min_p: Optional[float] = typer.Option(None, help="0..1 (default 0.05)."),
+    presence_penalty: Optional[float] = typer.Option(None, help="-2..2."),
+    frequency_penalty: Optional[float] = typer.Option(None, help="-2..2."),
+    repeat_penalty: Optional[float] = typer.Option(None, help="> 0, 1 = off."),
+    seed: Optional[int] = typer.Option(None, help="Seed for reproducible sampling."),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop string (up to 4)."),
+    max_tokens: Optional[int] = typer.Option(None, help="Most tokens in one answer."),
+    logit_bias: Optional[List[str]] = typer.Option(None, "--logit-bias", help="TOKEN_ID:BIAS (-100..100)."),
+    stats: bool = typer.Option(False, "--stats", help="Print tokens/s and time to first token."),
+    context_policy: str = typer.Option("truncate", "--context-policy",
+                                       help="When the window is full: truncate (drop oldest turns) or error."),
+    chat_template: Optional[str] = TemplateOpt,
+    ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
+    gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
+    mmap: bool = MmapOpt, provider: str = ProviderOpt,
+):
+    """Chat with a model: a streaming REPL, or one answer (--prompt or piped stdin)."""
+    from edge_chat.chat.context import POLICIES
+    from edge_chat.repl import ChatSession, run_repl
+    from edge_chat.runtime import open_chat
+    if context_policy not in POLICIES:
+        raise EdgeChatError(f"--context-policy must be one of {', '.join(POLICIES)}")
+    params = _sampling(temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty,
+                       repeat_penalty, seed, stop, max_tokens, logit_bias)
+    piped = prompt is None and not sys.stdin.isatty()
+    if piped:
+        prompt = sys.stdin.read()
+        if not prompt.strip():
+            raise EdgeChatError("empty input on stdin: nothing to answer")
+    model_ = open_chat(model, _engine_options(ctx_size, threads, gpu_layers, vram, kv_type,
+                                              mmap, provider),
+                       chat_template=chat_template, context_policy=context_policy, warn=_err)
+    try:
+        session = ChatSession(model_, params, system=system, show_stats=stats)
+        if prompt is not None:
+            session.ask(prompt.strip("\n"))
+        else:
+            run_repl(session)
+    finally:
+        model_.engine.close()
+
+
+# -- complete -----------------------------------------------------------------
+@command
+def complete(
+    model: Optional[str] = ModelArg,
+    text: str = typer.Argument(..., help="The text to continue ('-' reads stdin)."),
+    temperature: Optional[float] = typer.Option(None), top_p: Optional[float] = typer.Option(None),
+    top_k: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
+    stop: Optional[List[str]] = typer.Option(None, "--stop"),
+    max_tokens: int = typer.Option(128, help="Most tokens to add."),
+    ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
+    gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
+    mmap: bool = MmapOpt, provider: str = ProviderOpt,
+):
+    """Continue a text with no chat template (for base models)."""
+    from edge_chat.runtime import open_chat
+    if text == "-":
+        text = sys.stdin.read()
+    params = _sampling(temperature, top_p, top_k, None, None, None, None, seed, stop,
+                       max_tokens, None)
+    m = open_chat(model, _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap,
+                                         provider), need_template=False, warn=_err)
+    try:
+        prompt = m.prepare_text(text, params)
+        for ev in m.stream(None, params, prompt=prompt):
+            sys.stdout.write(ev.delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    finally:
+        m.engine.close()
+
+
+# -- models / info ------------------------------------------------------------
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return "?"
+
+
+@command
+def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """List the models in the store ($EDGE_CHAT_MODELS or ./models)."""
+    import json
+    import shutil
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from edge_chat.store import describe, list_models, models_dir
+    rows = []
+    for p in list_models():
+        try:
+            rows.append(describe(p))
+        except EdgeChatError as e:
+            rows.append({"name": p.name, "format": "broken", "error": str(e),
+                         "size_bytes": None})
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    root = models_dir()
+    if not rows:
+        _err(f"no models in {root}: make one with "
+             "'edge_chat convert HF_FOLDER --to gguf --quant q4_k_m'")
+        return
+    t = Table(title=f"models in {root}")
+    for col in ("name", "format", "quant", "size", "arch", "context", "template"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r.get("format", "?"), str(r.get("quant", "")),
+                  _size(r.get("size_bytes")), str(r.get("arch", r.get("error", ""))),
+                  str(r.get("context") or "?"), "yes" if r.get("chat_template") else "no")
+    Console().print(t)
+    free = shutil.disk_usage(root if root.exists() else Path.cwd()).free
+    _err(f"{len(rows)} model(s), {_size(sum(r.get('size_bytes') or 0 for r in rows))}; "
+         f"{_size(free)} free on disk")
+
+
+@command
+def info(model: str = typer.Argument(..., help="A path or a name in the store."),
+         json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Show a model's metadata: arch, parameters, quant, context, template, size."""
+    import json
+
+    from edge_chat.store import describe, resolve_model
+    row = describe(resolve_model(model))
+    if json_out:
+        print(json.dumps(row, indent=2))
+        return
+    for k, v in row.items():
+        if k == "size_bytes":
+            v = f"{_size(v)} ({v} bytes)"
+        print(f"{k:14} {v}")
+
+
+# -- convert ------------------------------------------------------------------
+@command
+def convert(
+    src: str = typer.Argument(..., help="A Hugging Face model folder (or a hub id when online)."),
+    to: str = typer.Option("gguf", "--to", help="gguf or onnx."),
+    quant: str = typer.Option("q4_k_m", "--quant", "-q",
+                              help="gguf: f32 f16 bf16 q8_0 q6_k q5_k_m q5_0 q4_k_m q4_k_s q4_0 "
+                                   "q3_k_m q2_k; onnx: fp32 fp16 int8 int4."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output path."),
+    block_size: int = typer.Option(32, "--block-size", help="onnx int4: quantization block size."),
+):
+    """Convert a Hugging Face model to GGUF or ONNX, quantized."""
+    from edge_chat.convert.run import run_convert
+    run_convert(src, to, quant, output, block_size)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

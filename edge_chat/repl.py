@@ -1,0 +1,188 @@
+"""The terminal chat: a streaming REPL with slash commands, over ChatModel."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from edge_chat.chat.completion import ChatModel, Stats
+from edge_chat.chat.messages import load_messages, save_messages
+from edge_chat.chat.params import FIELDS, SamplingParams, parse_value, update_params
+from edge_chat.errors import EdgeChatError
+
+HELP = """\
+Type a message and press Enter. End a line with \\ to continue on the next one,
+or wrap several lines in \"\"\" ... \"\"\".
+  /system TEXT     set the system prompt (no TEXT: remove it)
+  /clear           forget the conversation (keeps the system prompt)
+  /retry           answer the last message again
+  /set NAME VALUE  change a sampling parameter (/set temperature 0.3)
+  /params          show the sampling parameters
+  /save FILE       save the conversation (OpenAI messages JSON)
+  /load FILE       load a conversation
+  /help            this help
+  /exit            quit (or Ctrl-D)
+Ctrl-C stops the current answer and keeps the session."""
+
+
+def stats_line(s: Stats) -> str:
+    return (f"[{s.completion_tokens} tokens, {s.decode_tps:.1f} tok/s, "
+            f"first token {s.ttft * 1000:.0f} ms, prompt {s.prompt_tokens} "
+            f"({s.cached_tokens} cached)]")
+
+
+class ChatSession:
+    """A conversation: messages, params, and how answers reach the screen."""
+
+    def __init__(self, model: ChatModel, params: SamplingParams, *, system: str | None = None,
+                 out: TextIO = sys.stdout, err: TextIO = sys.stderr, show_stats: bool = False):
+        self.model = model
+        self.params = params
+        self.messages: list[dict] = []
+        self.out, self.err = out, err
+        self.show_stats = show_stats
+        if system:
+            self.set_system(system)
+
+    def set_system(self, text: str | None) -> None:
+        self.messages = [m for m in self.messages if m["role"] != "system"]
+        if text:
+            self.messages.insert(0, {"role": "system", "content": text})
+
+    def clear(self) -> None:
+        self.messages = [m for m in self.messages if m["role"] == "system"]
+
+    def ask(self, text: str) -> str:
+        self.messages.append({"role": "user", "content": text})
+        return self.answer()
+
+    def answer(self) -> str:
+        """Stream an answer to the current messages; Ctrl-C keeps the part
+        already written. The answer joins the history."""
+        prompt = self.model.prepare(self.messages, self.params)
+        if prompt.dropped:
+            self.err.write(f"[context full: dropped the {prompt.dropped} oldest message(s)]\n")
+            self.messages = list(prompt.messages)
+        parts: list[str] = []
+        stats = None
+        events = self.model.stream(self.messages, self.params.model_copy(update={"n": 1}),
+                                   prompt=prompt)
+        try:
+            for ev in events:
+                if ev.delta:
+                    parts.append(ev.delta)
+                    self.out.write(ev.delta)
+                    self.out.flush()
+                if ev.finish_reason is not None:
+                    stats = ev.stats
+                    if ev.finish_reason == "length":
+                        self.err.write("\n[stopped: max_tokens or the context window reached]")
+        except KeyboardInterrupt:
+            events.close()
+            self.err.write("\n[stopped]")
+        self.out.write("\n")
+        self.out.flush()
+        text = "".join(parts)
+        if not text.strip() and stats is not None:
+            self.err.write("[the model gave an empty answer: it ended its turn at once. A base "
+                           "model? try 'edge_chat complete' or --chat-template]\n")
+        if stats is not None and self.show_stats:
+            self.err.write(stats_line(stats) + "\n")
+        self.err.flush()
+        self.messages.append({"role": "assistant", "content": text})
+        return text
+
+    def retry(self) -> str | None:
+        while self.messages and self.messages[-1]["role"] == "assistant":
+            self.messages.pop()
+        if not self.messages or self.messages[-1]["role"] != "user":
+            self.err.write("nothing to retry\n")
+            return None
+        return self.answer()
+
+    def command(self, line: str) -> bool:
+        """Run a slash command; False means quit."""
+        name, _, arg = line[1:].partition(" ")
+        arg = arg.strip()
+        if name in ("exit", "quit", "bye"):
+            return False
+        if name == "help":
+            self.err.write(HELP + "\n")
+        elif name == "system":
+            self.set_system(arg or None)
+            self.err.write("[system prompt set]\n" if arg else "[system prompt removed]\n")
+        elif name == "clear":
+            self.clear()
+            self.err.write("[conversation cleared]\n")
+        elif name == "retry":
+            self.retry()
+        elif name == "params":
+            for k, v in self.params.model_dump().items():
+                self.err.write(f"  {k} = {v}\n")
+        elif name == "set":
+            field, _, value = arg.partition(" ")
+            self.params = update_params(self.params, **{field: parse_value(field, value)})
+            self.err.write(f"[{field} = {getattr(self.params, field)}]\n")
+        elif name == "save":
+            if not arg:
+                raise EdgeChatError("usage: /save FILE")
+            save_messages(Path(shlex.split(arg)[0]), self.messages)
+            self.err.write(f"[saved {len(self.messages)} messages to {arg}]\n")
+        elif name == "load":
+            if not arg:
+                raise EdgeChatError("usage: /load FILE")
+            self.messages = load_messages(Path(shlex.split(arg)[0]))
+            self.err.write(f"[loaded {len(self.messages)} messages]\n")
+        else:
+            raise EdgeChatError(f"unknown command /{name}: /help lists them "
+                                f"(parameters: {', '.join(FIELDS)})")
+        return True
+
+
+def read_message(prompt: str = ">>> ") -> str:
+    """One message from the terminal: continued lines end with \\, or a
+    block between \"\"\" lines."""
+    line = input(prompt)
+    if line.strip() == '"""' or (line.startswith('"""') and not line.rstrip().endswith('"""')):
+        lines = [line.strip()[3:]] if line.strip() != '"""' else []
+        while True:
+            more = input("... ")
+            if more.rstrip().endswith('"""'):
+                lines.append(more.rstrip()[:-3])
+                break
+            lines.append(more)
+        return "\n".join(x for x in lines).strip("\n")
+    lines = []
+    while line.endswith("\\"):
+        lines.append(line[:-1])
+        line = input("... ")
+    lines.append(line)
+    return "\n".join(lines)
+
+
+def run_repl(session: ChatSession) -> None:
+    err = session.err
+    info = session.model.info
+    err.write(f"edge_chat · {info.name} ({info.format}, {info.quant}, context {info.n_ctx}) · "
+              "/help for commands, Ctrl-D to quit\n")
+    while True:
+        try:
+            text = read_message()
+        except EOFError:
+            err.write("\n")
+            return
+        except KeyboardInterrupt:
+            err.write("\n[Ctrl-C: use /exit or Ctrl-D to quit]\n")
+            continue
+        if not text.strip():
+            continue
+        try:
+            if text.startswith("/"):
+                if not session.command(text.strip()):
+                    return
+            else:
+                session.ask(text)
+        except EdgeChatError as e:
+            err.write(f"error: {e}\n")
