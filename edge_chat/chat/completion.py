@@ -15,7 +15,7 @@ from edge_chat.chat.messages import normalize_messages
 from edge_chat.chat.params import SamplingParams
 from edge_chat.chat.stops import StopMatcher
 from edge_chat.chat.template import ChatTemplate
-from edge_chat.errors import ContextLengthExceeded
+from edge_chat.errors import ContextLengthExceeded, EdgeChatError
 
 if TYPE_CHECKING:
     from edge_chat.engines.base import Engine
@@ -131,8 +131,11 @@ class ChatModel:
 
     # -- generation ---------------------------------------------------------
     def stream(self, messages: list, params: SamplingParams, tools: list | None = None,
-               policy: str | None = None, prompt: Prompt | None = None) -> Iterator[Event]:
-        """Events for choice 0, then choice 1, ... (n choices in turn)."""
+               policy: str | None = None, prompt: Prompt | None = None,
+               grammar: str | None = None) -> Iterator[Event]:
+        """Events for choice 0, then choice 1, ... (n choices in turn).
+        `grammar`: a GBNF grammar the answer must follow (engines that
+        support it: GGUF)."""
         prompt = prompt or self.prepare(messages, params, tools, policy)
         total = Usage(len(prompt.tokens), 0)
         for i in range(params.n):
@@ -140,7 +143,7 @@ class ChatModel:
             if params.n > 1 and params.seed is not None:
                 p = params.model_copy(update={"seed": (params.seed + i) % 2**32})
             stats = Stats(prompt_tokens=len(prompt.tokens))
-            for ev in self._one(prompt.tokens, p, i, stats):
+            for ev in self._one(prompt.tokens, p, i, stats, grammar):
                 if ev.finish_reason is not None:
                     total.completion_tokens += stats.completion_tokens
                     if i == 0:
@@ -150,11 +153,12 @@ class ChatModel:
                 yield ev
 
     def complete(self, messages: list, params: SamplingParams, tools: list | None = None,
-                 policy: str | None = None, prompt: Prompt | None = None) -> Completion:
+                 policy: str | None = None, prompt: Prompt | None = None,
+                 grammar: str | None = None) -> Completion:
         prompt = prompt or self.prepare(messages, params, tools, policy)
         texts: dict[int, list[str]] = {}
         choices, stats, usage = [], [], None
-        for ev in self.stream(messages, params, tools, policy, prompt=prompt):
+        for ev in self.stream(messages, params, tools, policy, prompt=prompt, grammar=grammar):
             texts.setdefault(ev.index, []).append(ev.delta)
             if ev.finish_reason is not None:
                 choices.append(Choice(ev.index, "".join(texts[ev.index]), ev.finish_reason))
@@ -166,7 +170,7 @@ class ChatModel:
         self.engine.cancel()
 
     def _one(self, tokens: list[int], params: SamplingParams, index: int,
-             stats: Stats) -> Iterator[Event]:
+             stats: Stats, grammar: str | None = None) -> Iterator[Event]:
         engine = self.engine
         room = self.n_ctx - len(tokens)
         limit = min(params.max_tokens or room, room)
@@ -174,7 +178,12 @@ class ChatModel:
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         finish = "stop"
         t0 = time.perf_counter()
-        gen = engine.generate(tokens, params)
+        if grammar is not None and not getattr(engine, "supports_grammar", False):
+            raise EdgeChatError(f"constrained output (response_format) is not supported by "
+                                f"the {self.info.format} engine; use a GGUF model",
+                                param="response_format")
+        gen = engine.generate(tokens, params, grammar=grammar) if grammar is not None \
+            else engine.generate(tokens, params)
         try:
             if limit <= 0:
                 finish = "length"
