@@ -37,11 +37,11 @@ class ChatSession:
     """A conversation: messages, params, and how answers reach the screen."""
 
     def __init__(self, model: ChatModel, params: SamplingParams, *, system: str | None = None,
-                 out: TextIO = sys.stdout, err: TextIO = sys.stderr, show_stats: bool = False):
+                 out: TextIO | None = None, err: TextIO | None = None, show_stats: bool = False):
         self.model = model
         self.params = params
         self.messages: list[dict] = []
-        self.out, self.err = out, err
+        self.out, self.err = out or sys.stdout, err or sys.stderr
         self.show_stats = show_stats
         if system:
             self.set_system(system)

@@ -125,7 +125,7 @@ def parse_value(field: str, text: str) -> Any:
                                     param=field) from None
         return json.loads(text) if text.startswith('"') else text
     if field == "logit_bias":
-        return parse_logit_bias(text.split())
+        return {} if text.lower() in ("", "{}", "none", "null") else parse_logit_bias(text.split())
     if text.lower() in ("none", "null", ""):
         return None
     try:

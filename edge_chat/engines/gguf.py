@@ -84,7 +84,7 @@ class GGUFEngine:
         eos = llm.token_eos()
         self.info = ModelInfo(
             name=model_name(path), path=path, format="gguf", arch=gguf.arch,
-            quant=gguf.quant_name, n_ctx_train=gguf.context_length or ctx, n_ctx=llm.n_ctx(),
+            quant=gguf.quant_name, n_ctx_train=gguf.context_length or ctx, n_ctx=min(ctx, llm.n_ctx()),
             size_bytes=path.stat().st_size, chat_template=gguf.chat_template,
             bos_token=llm._model.token_get_text(bos) if bos >= 0 else "",
             eos_token=llm._model.token_get_text(eos) if eos >= 0 else "",
@@ -175,9 +175,9 @@ class GGUFEngine:
         llm = self._llm
         if not prompt:
             raise EdgeChatError("empty prompt", param="messages")
-        if len(prompt) >= llm.n_ctx():
+        if len(prompt) >= self.info.n_ctx:
             raise EdgeChatError(f"prompt of {len(prompt)} tokens does not fit the context "
-                                f"window of {llm.n_ctx()}", code="context_length_exceeded")
+                                f"window of {self.info.n_ctx}", code="context_length_exceeded")
         self._cancel.clear()
         self._params = params
         self._seed = params.seed if params.seed is not None else random.getrandbits(32)
@@ -201,3 +201,32 @@ class GGUFEngine:
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:
             llm.close()
+
+
+def response_format_grammar(response_format: dict | None) -> str | None:
+    """GBNF text for an OpenAI `response_format` (None for plain text):
+    json_object → llama.cpp's JSON grammar; json_schema → the schema converted
+    by llama.cpp. Bad shapes raise EdgeChatError(param="response_format")."""
+    import json
+
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    from llama_cpp import llama_grammar
+    if kind == "json_object":
+        return llama_grammar.JSON_GBNF
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise EdgeChatError("response_format.json_schema.schema must be a JSON schema object",
+                                param="response_format")
+        try:
+            return llama_grammar.json_schema_to_gbnf(json.dumps(schema))
+        except Exception as e:  # the converter raises bare Exceptions on unsupported schemas
+            raise EdgeChatError(f"response_format: unsupported JSON schema ({e})",
+                                param="response_format") from None
+    raise EdgeChatError("response_format.type must be 'text', 'json_object' or 'json_schema'",
+                        param="response_format")

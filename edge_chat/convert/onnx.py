@@ -1,0 +1,370 @@
+"""Hugging Face folder -> ONNX decoder folder (fp32, fp16, int8, int4).
+
+The decoder with past key/values is exported by optimum (task
+``text-generation-with-past``) and checked against PyTorch; the weights are then
+quantized with onnxruntime's own tools:
+
+  * int8: dynamic quantization of the MatMul weights (MatMulInteger), int8 per tensor;
+  * int4: MatMulNBits (block-wise, symmetric, ``block_size`` weights per block) for the
+    MatMuls, and the embedding table block-quantized to 4 bits too (GatherBlockQuantized),
+    since for real models the embedding is a large part of the size;
+  * fp16: all floats halved (inputs/outputs too, so the KV cache is fp16) - meant for
+    GPUs (CUDA/DirectML); on a CPU it is slower than fp32, use int8/int4 there.
+
+The output folder holds model.onnx + model.onnx.data (weights always stored outside),
+tokenizer.json, tokenizer_config.json (with the chat template), config.json,
+generation_config.json and the manifest edge_chat.json. It is built in a temporary
+folder and renamed into place at the end."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import json
+import logging
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from edge_chat.convert.common import (
+    ConvertResult, Progress, atomic_path, model_basename, no_progress, path_size, read_hf_config,
+    temp_dir, weights_size, write_json_atomic,
+)
+from edge_chat.errors import ConvertError
+
+ONNX_QUANTS = ("fp32", "fp16", "int8", "int4")
+TASK = "text-generation-with-past"
+#: the exported fp32 model must match PyTorch's logits within this
+EXPORT_ATOL = 1e-3
+DATA_FILE = "model.onnx.data"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+_SAMPLE = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+_SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog. 1, 2, 3: hello!"
+
+
+def default_output(src: Path, quant: str) -> Path:
+    from edge_chat.store import models_dir
+    return models_dir() / f"{model_basename(src)}-onnx-{quant}"
+
+
+def convert_to_onnx(src: Path, quant: str, out: Path | None = None, block_size: int = 32,
+                    progress: Progress = no_progress) -> ConvertResult:
+    """Export `src` (a local HF folder) to an ONNX folder at `out` and quantize it."""
+    t0 = time.monotonic()
+    quant = str(quant).lower()
+    if quant not in ONNX_QUANTS:
+        raise ConvertError(f"unknown ONNX quant '{quant}': choose one of {', '.join(ONNX_QUANTS)}")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ConvertError(f"block_size must be a power of two >= 16, not {block_size}")
+    src = Path(src).expanduser()
+    if not src.is_dir():
+        raise ConvertError(f"{src}: no such model folder")
+    cfg = read_hf_config(src)
+    arch = _check_arch(cfg)
+    if not any((src / f).is_file() for f in _TOKENIZER_FILES):
+        raise ConvertError(f"{src} has no tokenizer (tokenizer.json or tokenizer.model): "
+                           "copy the tokenizer files of the model into the folder")
+    out = Path(out).expanduser() if out is not None else default_output(src, quant)
+    notes: list[str] = []
+    if quant == "fp16":
+        notes.append("fp16 is meant for GPUs (CUDA/DirectML); on a CPU it is slower than "
+                     "fp32: use int8 or int4 there")
+
+    with atomic_path(out, is_dir=True) as tmp, temp_dir(out.parent) as work, _quiet():
+        progress("tokenizer", 0.0)
+        tok, tok_info = _save_tokenizer(src, tmp, notes)
+        sample = _sample_ids(tok)
+        progress("loading the PyTorch model", 0.05)
+        model = _load_model(src)
+        n_params = sum(p.numel() for p in model.parameters())
+        model.config.save_pretrained(tmp)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+        ref = _torch_logits(model, sample)
+        progress("exporting with optimum", 0.15)
+        export_dir = work / "export"
+        try:
+            from optimum.exporters.onnx.convert import onnx_export_from_model
+            onnx_export_from_model(model, export_dir, task=TASK, do_validation=False)
+        except (ConvertError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            raise ConvertError(f"optimum could not export {arch} to ONNX: "
+                               f"{type(e).__name__}: {_first_line(e)}") from None
+        del model
+        gc.collect()
+        exported = export_dir / "model.onnx"
+        if not exported.is_file():
+            raise ConvertError(f"optimum did not write a single decoder model.onnx for {arch}")
+
+        progress("checking the export against PyTorch", 0.5)
+        diff, _ = _compare(exported, sample, ref)
+        notes.append(f"export check: max |logit diff| ONNX fp32 vs PyTorch = {diff:.2e}")
+        if not diff <= EXPORT_ATOL:
+            raise ConvertError(f"export check failed: ONNX logits differ from PyTorch by "
+                               f"{diff:.2e} (> {EXPORT_ATOL:g})")
+
+        progress(f"writing {quant}", 0.6)
+        _write_quant(exported, tmp, quant, block_size)
+        quant_check = None
+        if quant != "fp32":
+            progress(f"checking {quant}", 0.9)
+            qdiff, agree = _compare(tmp / "model.onnx", sample, ref)
+            quant_check = {"max_abs_logit_diff": qdiff, "top1_agreement": agree,
+                           "n_tokens": len(sample)}
+            notes.append(f"{quant} check: max |logit diff| vs PyTorch = {qdiff:.3f}, "
+                         f"top-1 agreement {agree:.0%} over {len(sample)} positions")
+
+        n_ctx_train = _context_length(cfg)
+        src_bytes = weights_size(src)
+        out_bytes = path_size(tmp)
+        manifest = {
+            "format": "onnx", "quant": quant, "block_size": block_size if quant == "int4" else None,
+            "source": str(src.resolve()), "source_bytes": src_bytes, "output_bytes": out_bytes,
+            "arch": arch, "n_layers": cfg.get("num_hidden_layers") or cfg.get("n_layer"),
+            "n_params": n_params, "context_length": n_ctx_train, **tok_info,
+            "export_max_abs_logit_diff": diff, "quant_check": quant_check,
+            "tools": _versions(), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(
+                timespec="seconds"), "notes": notes,
+        }
+        write_json_atomic(tmp / "edge_chat.json", manifest)
+        progress("done", 1.0)
+
+    return ConvertResult(output=out, format="onnx", quant=quant, source_bytes=src_bytes,
+                         output_bytes=path_size(out), seconds=time.monotonic() - t0, notes=notes)
+
+
+# -- checks ---------------------------------------------------------------------
+
+def _check_arch(cfg: dict) -> str:
+    arch = cfg.get("model_type")
+    if not arch:
+        raise ConvertError("config.json has no model_type: cannot tell the architecture")
+    import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the ONNX configs)
+    from optimum.exporters.tasks import TasksManager
+    try:
+        tasks = TasksManager.get_supported_tasks_for_model_type(
+            arch, "onnx", library_name="transformers")
+    except KeyError:
+        tasks = {}
+    if TASK not in tasks:
+        raise ConvertError(f"architecture '{arch}' cannot be exported to ONNX by optimum "
+                           f"{_version('optimum-onnx')} (decoders it knows: {_known_archs()})")
+    return arch
+
+
+def _known_archs() -> str:
+    from optimum.exporters.tasks import TasksManager
+    names = [m for m, per in TasksManager._SUPPORTED_MODEL_TYPE.items()
+             if TASK in per.get("onnx", {})]
+    return ", ".join(sorted(names)[:40]) + (", ..." if len(names) > 40 else "")
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[0][:300] if s else ""
+
+
+# -- tokenizer --------------------------------------------------------------------
+
+def _save_tokenizer(src: Path, dst: Path, notes: list[str]):
+    """Fast tokenizer of `src` saved to `dst` (tokenizer.json made from tokenizer.model if
+    needed, chat template inside tokenizer_config.json); returns (tokenizer, manifest keys)."""
+    from transformers import AutoTokenizer
+    try:
+        tok = AutoTokenizer.from_pretrained(str(src), use_fast=True)
+    except Exception as e:
+        raise ConvertError(f"cannot load the tokenizer of {src}: {type(e).__name__}: "
+                           f"{_first_line(e)}") from None
+    if not getattr(tok, "is_fast", False):
+        raise ConvertError(f"the tokenizer of {src} has no fast (tokenizer.json) version")
+    tok.save_pretrained(str(dst), save_jinja_files=False)
+    if not (dst / "tokenizer.json").is_file():
+        raise ConvertError(f"could not write tokenizer.json for {src}")
+    if not (src / "tokenizer.json").is_file():
+        notes.append("tokenizer.json made from tokenizer.model (transformers fast conversion)")
+        _compare_slow_fast(src, tok, notes)
+    if not tok.chat_template:
+        notes.append("the model has no chat template")
+    cfg_path = dst / "tokenizer_config.json"
+    tcfg = json.loads(cfg_path.read_text())
+    if tok.chat_template and not tcfg.get("chat_template"):
+        tcfg["chat_template"] = tok.chat_template
+        cfg_path.write_text(json.dumps(tcfg, indent=2, ensure_ascii=False) + "\n")
+    eos_ids = _eos_ids(src, tok)
+    probe = tok("hello", add_special_tokens=True)["input_ids"]
+    add_bos = tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id]
+    return tok, {"bos_token": tok.bos_token or "", "eos_token": tok.eos_token or "",
+                 "bos_id": tok.bos_token_id, "eos_ids": eos_ids, "add_bos": add_bos,
+                 "vocab_size": len(tok)}
+
+
+def _compare_slow_fast(src: Path, fast, notes: list[str]) -> None:
+    from transformers import AutoTokenizer
+    try:
+        slow = AutoTokenizer.from_pretrained(str(src), use_fast=False)
+    except Exception:
+        return
+    texts = [_SAMPLE_TEXT, " Two  spaces\nand a line. Café 東京"]
+    bad = [t for t in texts if slow(t, add_special_tokens=False)["input_ids"]
+           != fast(t, add_special_tokens=False)["input_ids"]]
+    if bad:
+        notes.append(f"warning: the converted tokenizer.json splits {len(bad)} sample text(s) "
+                     "differently from tokenizer.model")
+
+
+def _eos_ids(src: Path, tok) -> list[int]:
+    ids: list[int] = []
+    for name in ("generation_config.json", "config.json"):
+        p = src / name
+        if p.is_file():
+            v = json.loads(p.read_text()).get("eos_token_id")
+            ids += v if isinstance(v, list) else [v] if isinstance(v, int) else []
+    if tok.eos_token_id is not None:
+        ids.append(tok.eos_token_id)
+    return sorted(set(ids))
+
+
+def _sample_ids(tok) -> list[int]:
+    text = _SAMPLE_TEXT
+    if tok.chat_template:
+        try:
+            text = tok.apply_chat_template(_SAMPLE, tokenize=False, add_generation_prompt=True)
+        except Exception:
+            pass
+    ids = tok(text, add_special_tokens=True)["input_ids"]
+    return ids[:64] if len(ids) >= 4 else (ids + tok(_SAMPLE_TEXT)["input_ids"])[:64]
+
+
+# -- model, check ----------------------------------------------------------------
+
+def _load_model(src: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    except Exception as e:
+        raise ConvertError(f"cannot load {src} with transformers: {type(e).__name__}: "
+                           f"{_first_line(e)}") from None
+    return model.eval()
+
+
+def _torch_logits(model, ids: list[int]) -> np.ndarray:
+    import torch
+    with torch.no_grad():
+        x = torch.tensor([ids])
+        return model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0].float().numpy()
+
+
+def _compare(model_path: Path, ids: list[int], ref: np.ndarray) -> tuple[float, float]:
+    """Run the ONNX model on the first half of `ids`, then the rest with the past it
+    returned; (max |logit - ref|, top-1 agreement) over all positions."""
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    half = max(1, len(ids) // 2)
+    past: dict[str, np.ndarray] = {}
+    for inp in sess.get_inputs():
+        if inp.name.startswith("past_key_values"):
+            shape = [1 if isinstance(d, str) and "batch" in d else 0 if isinstance(d, str)
+                     else d for d in inp.shape]
+            past[inp.name] = np.zeros(shape, np.float16 if "float16" in inp.type else np.float32)
+    names = {i.name for i in sess.get_inputs()}
+    outs, start = [], 0
+    for part in (ids[:half], ids[half:]):
+        if not part:
+            continue
+        feeds = {"input_ids": np.array([part], np.int64), **past}
+        if "attention_mask" in names:
+            feeds["attention_mask"] = np.ones((1, start + len(part)), np.int64)
+        if "position_ids" in names:
+            feeds["position_ids"] = np.arange(start, start + len(part), dtype=np.int64)[None]
+        res = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+        outs.append(res["logits"][0].astype(np.float32))
+        past = {k.replace("present", "past_key_values", 1): v for k, v in res.items()
+                if k.startswith("present")}
+        start += len(part)
+    got = np.concatenate(outs)
+    return float(np.abs(got - ref).max()), float((got.argmax(-1) == ref.argmax(-1)).mean())
+
+
+# -- quantization -----------------------------------------------------------------
+
+def _write_quant(fp32: Path, dst: Path, quant: str, block_size: int) -> None:
+    import onnx
+    target = dst / "model.onnx"
+    if quant == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        quantize_dynamic(fp32, target, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul"], use_external_data_format=True)
+        return
+    model = onnx.load(str(fp32))
+    if quant == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+        model = convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=True)
+    elif quant == "int4":
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+        # int4 initializers (GatherBlockQuantized) need opset 21 / IR 10: set them up front
+        for op in model.opset_import:
+            if op.domain in ("", "ai.onnx") and op.version < 21:
+                op.version = 21
+        model.ir_version = max(model.ir_version, 10)
+        q = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True,
+                                 op_types_to_quantize=("MatMul", "Gather"),
+                                 quant_axes=(("MatMul", 0), ("Gather", 1)))
+        q.process()
+        model = q.model.model
+    onnx.save_model(model, str(target), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
+
+
+# -- metadata ---------------------------------------------------------------------
+
+def _context_length(cfg: dict) -> int:
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length",
+                "seq_length", "n_ctx"):
+        if isinstance(cfg.get(key), int):
+            return cfg[key]
+    return 2048
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _versions() -> dict:
+    import edge_chat
+    names = ("onnxruntime", "onnx", "optimum", "optimum-onnx", "transformers", "torch",
+             "tokenizers")
+    return {"edge_chat": edge_chat.__version__, **{n: _version(n) for n in names}}
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Hide the exporters' tracer/quantizer chatter (warnings, INFO logs)."""
+    loggers = [logging.getLogger(n) for n in ("onnxruntime", "optimum", "root", "")]
+    levels = [lg.level for lg in loggers]
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        hf_logging = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, lv in zip(loggers, levels):
+                lg.setLevel(lv)
+            if hf_logging is not None:
+                hf_logging.set_verbosity(hf_level)

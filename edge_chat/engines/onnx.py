@@ -1,0 +1,426 @@
+"""The ONNX engine: an exported decoder with past key/values run by onnxruntime.
+
+Imports only onnxruntime, tokenizers and numpy (never torch/transformers). The KV
+cache stays in onnxruntime OrtValues between steps and between calls: the present
+outputs of one run are bound as the past inputs of the next, and `generate` reuses
+the longest common prefix with the tokens already in the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import numpy as np
+
+from edge_chat.engines.base import ModelInfo
+from edge_chat.engines.sampler import Sampler
+from edge_chat.errors import ContextLengthExceeded, EdgeChatError, ModelLoadError
+
+if TYPE_CHECKING:
+    from edge_chat.chat.params import SamplingParams
+
+DEFAULT_N_CTX = 4096
+#: prompt tokens evaluated per run (bounds the logits buffer: chunk x vocab floats)
+PROMPT_CHUNK = 256
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
+    "directml": "DmlExecutionProvider", "dml": "DmlExecutionProvider",
+    "rocm": "ROCMExecutionProvider", "migraphx": "MIGraphXExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider", "coreml": "CoreMLExecutionProvider",
+    "qnn": "QNNExecutionProvider", "webgpu": "WebGpuExecutionProvider",
+}
+#: where the KV cache lives for a provider (OrtValue device names)
+_KV_DEVICE = {"CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
+#: providers that do not compute locally
+_NOT_LOCAL = {"AzureExecutionProvider"}
+#: end-of-turn tokens of common chat formats (EOG when present as special tokens)
+EOG_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<end_of_turn>",
+              "<|endoftext|>", "<|end|>", "</s>", "<|return|>")
+
+
+def select_providers(provider: str, available: Sequence[str] | None = None) -> list[str]:
+    """onnxruntime providers for `provider` ("cpu", "cuda", "directml", ... or a full
+    name like "CUDAExecutionProvider"), CPU last as fallback for unsupported nodes.
+    Raises EdgeChatError naming the installed ones."""
+    if available is None:
+        import onnxruntime as ort
+        available = ort.get_available_providers()
+    local = [a for a in available if a not in _NOT_LOCAL]
+    want = PROVIDER_ALIASES.get(provider.strip().lower(), provider.strip())
+    match = next((a for a in local if a.lower() == want.lower()), None)
+    if match is None:
+        short = {v: k for k, v in reversed(list(PROVIDER_ALIASES.items()))}
+        names = ", ".join(f"{short.get(a, a)} ({a})" for a in local) or "none"
+        hint = {"CUDAExecutionProvider": " (pip install onnxruntime-gpu)",
+                "DmlExecutionProvider": " (pip install onnxruntime-directml)"}.get(want, "")
+        raise EdgeChatError(f"onnxruntime execution provider '{provider}' is not available"
+                            f"{hint}; installed: {names}", param="provider")
+    return [match] if match == "CPUExecutionProvider" else [match, "CPUExecutionProvider"]
+
+
+def physical_cores() -> int:
+    """Physical cores usable by this process (hyper-threads do not help matmuls)."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    cores = None
+    try:
+        import psutil
+        cores = psutil.cpu_count(logical=False)
+    except ImportError:
+        try:
+            ids, phys = set(), "0"
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                key, _, val = line.partition(":")
+                if key.strip() == "physical id":
+                    phys = val.strip()
+                elif key.strip() == "core id":
+                    ids.add((phys, val.strip()))
+            cores = len(ids) or None
+        except OSError:
+            pass
+    return max(1, min(cores or usable, usable))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path} is not valid JSON: {e}") from None
+
+
+def _token_str(v) -> str:
+    if isinstance(v, dict):
+        return v.get("content") or ""
+    return v if isinstance(v, str) else ""
+
+
+class OnnxEngine:
+    """Engine over an ONNX model folder made by `convert_to_onnx` (or optimum)."""
+
+    def __init__(self, path: Path, n_ctx: int | None = None, threads: int | None = None,
+                 provider: str = "cpu"):
+        path = Path(path).expanduser()
+        model_file = path / "model.onnx"
+        if not model_file.is_file():
+            raise ModelLoadError(f"{path} has no model.onnx: not an ONNX model folder")
+        if not (path / "tokenizer.json").is_file():
+            raise ModelLoadError(f"{path} has no tokenizer.json: re-run "
+                                 "'edge_chat convert ... --to onnx' to make one")
+        providers = select_providers(provider)
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        try:
+            tok_json = (path / "tokenizer.json").read_text(encoding="utf-8")
+            self._tok = Tokenizer.from_str(tok_json)
+            tok_spec = json.loads(tok_json)
+        except Exception as e:
+            raise ModelLoadError(f"{path / 'tokenizer.json'} cannot be read: "
+                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        self.threads = threads or physical_cores()
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self._sess = ort.InferenceSession(str(model_file), sess_options=opts,
+                                              providers=providers)
+        except Exception as e:
+            msg = " ".join(str(e).split())[:200]
+            raise ModelLoadError(f"{model_file} cannot be loaded by onnxruntime "
+                                 f"(corrupt or incomplete?): {msg}") from None
+        if self._sess.get_providers()[0] != providers[0]:
+            raise EdgeChatError(f"onnxruntime could not start {providers[0]} (missing GPU "
+                                "libraries or drivers?); use provider 'cpu'", param="provider")
+        self.provider = providers[0]
+        self._kv_device = _KV_DEVICE.get(self.provider, "cpu")
+        self._setup_io(model_file)
+
+        manifest = _read_json(path / "edge_chat.json")
+        config = _read_json(path / "config.json")
+        tcfg = _read_json(path / "tokenizer_config.json")
+        gen = _read_json(path / "generation_config.json")
+        self._load_vocab(manifest, config, tcfg, gen, tok_spec)
+        n_ctx_train = int(manifest.get("context_length") or config.get("max_position_embeddings")
+                          or DEFAULT_N_CTX)
+        self.n_ctx = int(n_ctx) if n_ctx else min(n_ctx_train, DEFAULT_N_CTX)
+        if self.n_ctx < 1:
+            raise EdgeChatError(f"n_ctx must be positive, not {n_ctx}", param="n_ctx")
+        from edge_chat.convert.common import path_size
+        self.info = ModelInfo(
+            name=path.name, path=path, format="onnx",
+            arch=manifest.get("arch") or config.get("model_type") or "unknown",
+            quant=manifest.get("quant") or "unknown", n_ctx_train=n_ctx_train, n_ctx=self.n_ctx,
+            size_bytes=path_size(path), chat_template=_chat_template(path, tcfg),
+            bos_token=self._bos_token, eos_token=self._eos_token, add_bos=self._add_bos,
+            n_params=manifest.get("n_params"),
+            n_layers=manifest.get("n_layers") or config.get("num_hidden_layers"),
+            extra={"provider": self.provider, "threads": self.threads,
+                   "eog_ids": sorted(self._eog), "n_vocab": self.n_vocab},
+        )
+        self.n_prompt_evaluated = 0
+        self._tokens: list[int] = []        # tokens whose keys/values are in the cache
+        self._past: dict[str, object] = {}  # past input name -> OrtValue
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._gen_id = 0
+        self._reset_cache()
+
+    # -- loading ---------------------------------------------------------------
+
+    def _setup_io(self, model_file: Path) -> None:
+        inputs = {i.name: i for i in self._sess.get_inputs()}
+        if "input_ids" not in inputs or "logits" not in {o.name for o in self._sess.get_outputs()}:
+            raise ModelLoadError(f"{model_file} is not a causal language model "
+                                 "(needs input_ids in, logits out)")
+        self._past_inputs = {n: i for n, i in inputs.items() if n.startswith("past_key_values")}
+        if not self._past_inputs:
+            raise ModelLoadError(f"{model_file} has no past key/values inputs: export it "
+                                 "with the text-generation-with-past task")
+        outs = [o.name for o in self._sess.get_outputs()]
+        self._present = {}
+        for name in self._past_inputs:
+            pres = "present" + name[len("past_key_values"):]
+            if pres not in outs:
+                raise ModelLoadError(f"{model_file} has {name} but no {pres} output")
+            self._present[pres] = name
+        self._has_mask = "attention_mask" in inputs
+        self._has_pos = "position_ids" in inputs
+        self._ids_dtype = np.int32 if "int32" in inputs["input_ids"].type else np.int64
+        # the empty past of each input: symbolic batch -> 1, the sequence axis -> 0
+        self._empty, self._seq_axis = {}, {}
+        for name, inp in self._past_inputs.items():
+            dt = np.float16 if "float16" in inp.type else np.float32
+            shape, axis = [], None
+            for k, d in enumerate(inp.shape):
+                if isinstance(d, int):
+                    shape.append(d)
+                elif "batch" in str(d).lower():
+                    shape.append(1)
+                else:
+                    shape.append(0)
+                    axis = k if axis is None else axis
+            self._seq_axis[name] = axis if axis is not None else len(shape) - 2
+            self._empty[name] = np.zeros(shape, dt)
+
+    def _load_vocab(self, manifest: dict, config: dict, tcfg: dict, gen: dict,
+                    spec: dict) -> None:
+        tok = self._tok
+        self.n_vocab = max(tok.get_vocab_size(with_added_tokens=True),
+                           int(config.get("vocab_size") or 0))
+        self._special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+        self._bytes = token_bytes_table(tok, spec, self.n_vocab, self._special)
+        self._bos_token = manifest.get("bos_token", _token_str(tcfg.get("bos_token")))
+        self._eos_token = manifest.get("eos_token", _token_str(tcfg.get("eos_token")))
+        if "add_bos" in manifest:
+            self._add_bos = bool(manifest["add_bos"])
+        else:
+            self._add_bos = bool(tcfg.get("add_bos_token", False)) and bool(self._bos_token)
+        self._bos_id = tok.token_to_id(self._bos_token) if self._bos_token else None
+        eog: set[int] = set(manifest.get("eos_ids") or [])
+        for src in (gen, config):
+            v = src.get("eos_token_id")
+            eog.update(v if isinstance(v, list) else [v] if isinstance(v, int) else [])
+        for t in (self._eos_token, *EOG_TOKENS):
+            i = tok.token_to_id(t) if t else None
+            if i is not None and (t == self._eos_token or i in self._special):
+                eog.add(i)
+        self._eog = frozenset(eog)
+
+    # -- tokens ----------------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        if add_bos and self._bos_id is not None:
+            ids = [self._bos_id] + ids
+        return ids
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self._tok.decode([int(t) for t in tokens], skip_special_tokens=True)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._bytes[token] if 0 <= token < len(self._bytes) else b""
+
+    def is_eog(self, token: int) -> bool:
+        return token in self._eog
+
+    # -- generation ------------------------------------------------------------
+
+    def generate(self, prompt: list[int], params: "SamplingParams") -> Iterator[int]:
+        prompt = [int(t) for t in prompt]
+        if not prompt:
+            raise EdgeChatError("empty prompt: nothing to continue", param="messages")
+        if len(prompt) >= self.n_ctx:
+            raise ContextLengthExceeded(
+                f"the prompt has {len(prompt)} tokens but the context window is {self.n_ctx}")
+        bad = next((t for t in prompt if not 0 <= t < self.n_vocab), None)
+        if bad is not None:
+            raise EdgeChatError(f"token id {bad} is out of range (vocabulary: {self.n_vocab})")
+        Sampler(params).adjust(np.zeros(self.n_vocab, np.float32))  # validate logit_bias now
+        self._cancel.clear()
+        self._gen_id += 1
+        return self._run(prompt, params, self._gen_id)
+
+    def _run(self, prompt: list[int], params: "SamplingParams", gen_id: int) -> Iterator[int]:
+        with self._lock:
+            keep = 0
+            for a, b in zip(self._tokens, prompt):
+                if a != b:
+                    break
+                keep += 1
+            keep = min(keep, len(prompt) - 1)   # always evaluate one token for its logits
+            self._truncate(keep)
+            self.n_prompt_evaluated = len(prompt) - keep
+            logits = self._eval(prompt[keep:])
+        sampler = Sampler(params, context=prompt)
+        while True:
+            if self._cancel.is_set() or gen_id != self._gen_id:
+                return
+            token = sampler.sample(logits)
+            sampler.accept(token)
+            yield token
+            if token in self._eog or self._cancel.is_set() or gen_id != self._gen_id:
+                return
+            if len(self._tokens) + 1 > self.n_ctx:
+                return      # context full: the caller sees no EOG (finish_reason "length")
+            with self._lock:
+                if gen_id != self._gen_id:
+                    return
+                logits = self._eval([token])
+
+    def _reset_cache(self) -> None:
+        import onnxruntime as ort
+        self._tokens = []
+        self._past = {n: ort.OrtValue.ortvalue_from_numpy(a, self._kv_device, 0)
+                      for n, a in self._empty.items()}
+
+    def _truncate(self, n: int) -> None:
+        """Keep the first `n` cached positions."""
+        if n >= len(self._tokens):
+            return
+        if n == 0:
+            self._reset_cache()
+            return
+        import onnxruntime as ort
+        for name, ov in self._past.items():
+            arr = ov.numpy()
+            idx = [slice(None)] * arr.ndim
+            idx[self._seq_axis[name]] = slice(0, n)
+            self._past[name] = ort.OrtValue.ortvalue_from_numpy(
+                np.ascontiguousarray(arr[tuple(idx)]), self._kv_device, 0)
+        del self._tokens[n:]
+
+    def _eval(self, tokens: list[int]) -> np.ndarray:
+        """Run `tokens` after the cache; the logits row of the last one (float32)."""
+        logits = None
+        for i in range(0, len(tokens), PROMPT_CHUNK):
+            chunk = tokens[i:i + PROMPT_CHUNK]
+            start, n = len(self._tokens), len(chunk)
+            io = self._sess.io_binding()
+            feeds = {"input_ids": np.array([chunk], dtype=self._ids_dtype)}
+            if self._has_mask:
+                feeds["attention_mask"] = np.ones((1, start + n), dtype=np.int64)
+            if self._has_pos:
+                feeds["position_ids"] = np.arange(start, start + n, dtype=np.int64)[None]
+            for name, arr in feeds.items():
+                io.bind_cpu_input(name, arr)
+            for name, ov in self._past.items():
+                io.bind_ortvalue_input(name, ov)
+            io.bind_output("logits", "cpu")
+            presents = list(self._present)
+            for name in presents:
+                io.bind_output(name, self._kv_device)
+            self._sess.run_with_iobinding(io)
+            outs = io.get_outputs()
+            logits = np.asarray(outs[0].numpy()[0, -1], dtype=np.float32)
+            # the presents become the next past, kept as OrtValues (no copy)
+            self._past = {self._present[p]: ov for p, ov in zip(presents, outs[1:])}
+            self._tokens.extend(chunk)
+        return logits
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def close(self) -> None:
+        self._gen_id += 1
+        self._past = {}
+        self._tokens = []
+        self._sess = None
+
+    def __enter__(self) -> "OnnxEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _chat_template(path: Path, tcfg: dict) -> str | None:
+    t = tcfg.get("chat_template")
+    if isinstance(t, list):     # named templates: take "default"
+        t = next((x.get("template") for x in t if x.get("name") == "default"), None)
+    if isinstance(t, str) and t:
+        return t
+    jinja = path / "chat_template.jinja"
+    return jinja.read_text(encoding="utf-8") if jinja.is_file() else None
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map of the 256 bytes onto printable characters."""
+    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def _types(node) -> set[str]:
+    """Every component "type" in a tokenizer.json decoder / pre_tokenizer tree."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        if isinstance(node.get("type"), str):
+            found.add(node["type"])
+        for v in node.values():
+            found |= _types(v)
+    elif isinstance(node, list):
+        for v in node:
+            found |= _types(v)
+    return found
+
+
+def token_bytes_table(tok, spec: dict, n_vocab: int, special: set[int]) -> list[bytes]:
+    """The bytes each token id adds to the output: byte-level BPE pieces mapped back
+    through the GPT-2 byte<->unicode table; SentencePiece pieces with the metaspace
+    "\u2581" as a space and <0xNN> byte-fallback pieces as that byte; special tokens b""."""
+    kinds = _types(spec.get("decoder")) | _types(spec.get("pre_tokenizer"))
+    byte_level = "ByteLevel" in kinds
+    byte_fallback = bool((spec.get("model") or {}).get("byte_fallback")) or "ByteFallback" in kinds
+    added = {t.get("id"): t.get("content", "") for t in spec.get("added_tokens") or []}
+    u2b = {c: b for b, c in _byte_to_unicode().items()}
+    table: list[bytes] = []
+    for i in range(n_vocab):
+        piece = tok.id_to_token(i)
+        if piece is None or i in special:
+            table.append(b"")
+        elif i in added:                     # added tokens are stored as plain text
+            table.append(added[i].encode("utf-8"))
+        elif byte_level:
+            table.append(b"".join(bytes([u2b[c]]) if c in u2b else c.encode("utf-8")
+                                  for c in piece))
+        elif byte_fallback and len(piece) == 6 and piece.startswith("<0x") and piece[5] == ">" \
+                and all(c in "0123456789abcdefABCDEF" for c in piece[3:5]):
+            table.append(bytes([int(piece[3:5], 16)]))
+        else:
+            table.append(piece.replace("\u2581", " ").encode("utf-8"))
+    return table

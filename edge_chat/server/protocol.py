@@ -1,0 +1,190 @@
+"""The OpenAI wire format: request bodies in, response and chunk bodies out.
+
+Request parsing never raises anything but EdgeChatError (→ a 400 naming the
+field); sampling values go through `chat_params`, messages through
+`normalize_messages`, so the API validates exactly like the CLI."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edge_chat import __version__
+from edge_chat.chat.messages import normalize_messages
+from edge_chat.chat.params import SamplingParams, chat_params
+from edge_chat.errors import EdgeChatError
+
+FINGERPRINT = f"fp_edge_chat_{__version__}"
+
+
+class _Request(BaseModel):
+    # strict: "0.5" is not a number, true is not an integer; unknown fields are ignored
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    model: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    stop: str | list[str] | None = None
+    max_tokens: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = None
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None
+    user: str | None = None
+    # llama.cpp extras
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+
+    def params(self) -> SamplingParams:
+        return chat_params(temperature=self.temperature, top_p=self.top_p, n=self.n,
+                           stop=self.stop, max_tokens=self._max_tokens(),
+                           presence_penalty=self.presence_penalty,
+                           frequency_penalty=self.frequency_penalty,
+                           logit_bias=self.logit_bias, seed=self.seed, top_k=self.top_k,
+                           min_p=self.min_p, repeat_penalty=self.repeat_penalty)
+
+    def _max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        opts = self.stream_options or {}
+        if "include_usage" in opts and not isinstance(opts["include_usage"], bool):
+            raise EdgeChatError("invalid 'stream_options.include_usage': must be a boolean",
+                                param="stream_options")
+        return bool(opts.get("include_usage"))
+
+
+class ChatRequest(_Request):
+    messages: Any = None
+    max_completion_tokens: int | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+
+    def _max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None \
+            else self.max_tokens
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str] | None = None
+    echo: bool | None = None
+
+    def text(self) -> str:
+        p = self.prompt
+        if isinstance(p, list):
+            if len(p) != 1:
+                raise EdgeChatError("prompt: only one prompt per request is supported",
+                                    param="prompt")
+            p = p[0]
+        if p is None:
+            raise EdgeChatError("'prompt' is required", param="prompt")
+        return p
+
+
+def parse(cls: type[_Request], body: bytes) -> tuple[_Request, SamplingParams]:
+    """A validated request and its sampling params from a raw JSON body."""
+    if not body.strip():
+        raise EdgeChatError("the request body is empty: send a JSON object")
+    try:
+        req = cls.model_validate_json(body)
+    except ValidationError as err:
+        e = err.errors()[0]
+        if e["type"] == "json_invalid":
+            raise EdgeChatError(f"the request body is not valid JSON: "
+                                f"{e['msg'].removeprefix('Invalid JSON: ')}") from None
+        if not e["loc"]:
+            raise EdgeChatError("the request body must be a JSON object") from None
+        field = str(e["loc"][0])
+        raise EdgeChatError(f"invalid '{field}': {e['msg']}", param=field) from None
+    if isinstance(req, ChatRequest):
+        if req.messages is None:
+            raise EdgeChatError("'messages' is required", param="messages")
+        req.messages = normalize_messages(req.messages)
+    elif isinstance(req, CompletionRequest):
+        req.text()
+    return req, req.params()
+
+
+# -- responses ----------------------------------------------------------------
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class Shaper:
+    """Builds the bodies of one response (chat or text completion)."""
+
+    def __init__(self, model: str, chat: bool):
+        self.chat = chat
+        self.id = new_id("chatcmpl" if chat else "cmpl")
+        self.created = now()
+        self.model = model
+
+    def _head(self, obj: str) -> dict:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
+                "system_fingerprint": FINGERPRINT}
+
+    def full(self, choices: list[tuple[int, str, str]], usage: dict) -> dict:
+        """The non-streamed response: choices are (index, text, finish_reason)."""
+        out = self._head("chat.completion" if self.chat else "text_completion")
+        if self.chat:
+            out["choices"] = [{"index": i, "message": {"role": "assistant", "content": t,
+                                                       "refusal": None},
+                               "logprobs": None, "finish_reason": f} for i, t, f in choices]
+        else:
+            out["choices"] = [{"index": i, "text": t, "logprobs": None, "finish_reason": f}
+                              for i, t, f in choices]
+        out["usage"] = usage
+        return out
+
+    def chunk(self, index: int, text: str | None, finish: str | None = None, *,
+              first: bool = False, with_usage: bool = False) -> dict:
+        out = self._head("chat.completion.chunk" if self.chat else "text_completion")
+        if self.chat:
+            delta: dict[str, Any] = {}
+            if first:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        else:
+            choice = {"index": index, "text": text or "", "logprobs": None,
+                      "finish_reason": finish}
+        out["choices"] = [choice]
+        if with_usage:
+            out["usage"] = None
+        return out
+
+    def usage_chunk(self, usage: dict) -> dict:
+        out = self._head("chat.completion.chunk" if self.chat else "text_completion")
+        out["choices"] = []
+        out["usage"] = usage
+        return out
+
+
+def model_card(name: str, meta: dict, loaded: bool) -> dict:
+    """A /v1/models entry; `meta` comes from store.describe (extra fields are ignored by
+    OpenAI clients)."""
+    card = {"id": name, "object": "model", "created": int(meta.get("created") or 0),
+            "owned_by": "edge_chat", "loaded": loaded}
+    for k in ("format", "quant", "arch", "context_length", "size_bytes"):
+        if meta.get(k) is not None:
+            card[k] = meta[k]
+    return card
