@@ -24,6 +24,7 @@ def atomic_path(final: Path, is_dir: bool = False) -> Iterator[Path]:
         tmp = Path(name)
     try:
         yield tmp
+        _default_mode(tmp, is_dir)
         if is_dir and final.exists():
             old = final.with_name(f".{final.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -35,6 +36,15 @@ def atomic_path(final: Path, is_dir: bool = False) -> Iterator[Path]:
     except BaseException:
         remove(tmp)
         raise
+
+
+def _default_mode(path: Path, is_dir: bool) -> None:
+    """mkstemp/mkdtemp make owner-only entries: give the result the mode a
+    plain open()/mkdir() would (0666/0777 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    if path.exists():
+        os.chmod(path, (0o777 if is_dir else 0o666) & ~umask)
 
 
 def remove(path: Path) -> None:

@@ -89,6 +89,12 @@ def chat(
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
     mmap: bool = MmapOpt, provider: str = ProviderOpt,
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="Chat with a model on an "
+                                           "OpenAI-compatible server, e.g. http://host:8000/v1."),
+    model_name: Optional[str] = typer.Option(None, "--model", "-m",
+                                             help="With --base-url: the server's model name."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGE_CHAT_API_KEY",
+                                          help="With --base-url: the server's API key."),
 ):
     """Chat with a model: a streaming REPL, or one answer (--prompt or piped stdin)."""
     from edge_chat.chat.context import POLICIES
@@ -103,9 +109,13 @@ def chat(
         prompt = sys.stdin.read()
         if not prompt.strip():
             raise EdgeChatError("empty input on stdin: nothing to answer")
-    model_ = open_chat(model, _engine_options(ctx_size, threads, gpu_layers, vram, kv_type,
-                                              mmap, provider),
-                       chat_template=chat_template, context_policy=context_policy, warn=_err)
+    if base_url:
+        from edge_chat.engines.remote import open_remote
+        model_ = open_remote(base_url, model_name or model, api_key=api_key)
+    else:
+        model_ = open_chat(model, _engine_options(ctx_size, threads, gpu_layers, vram, kv_type,
+                                                  mmap, provider),
+                           chat_template=chat_template, context_policy=context_policy, warn=_err)
     try:
         session = ChatSession(model_, params, system=system, show_stats=stats)
         if prompt is not None:
@@ -136,7 +146,7 @@ def complete(
     params = _sampling(temperature, top_p, top_k, None, None, None, None, seed, stop,
                        max_tokens, None)
     m = open_chat(model, _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap,
-                                         provider), need_template=False, warn=_err)
+                                         provider), need_template=False)
     try:
         prompt = m.prepare_text(text, params)
         for ev in m.stream(None, params, prompt=prompt):
@@ -145,6 +155,65 @@ def complete(
         sys.stdout.write("\n")
     finally:
         m.engine.close()
+
+
+# -- ui -----------------------------------------------------------------------
+@command
+def ui(
+    model: Optional[str] = typer.Argument(None, help="The model to load first: a .gguf file, an "
+                                                     "ONNX folder or a store name (default: the "
+                                                     "store's first model)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (default: this machine only)."),
+    port: int = typer.Option(7860, "--port", help="Port of the page."),
+    auth: Optional[str] = typer.Option(None, "--auth", help="USER:PASSWORD asked before the page opens."),
+    export_dir: Optional[Path] = typer.Option(None, "--export-dir",
+                                              help="Where Export writes files (default: a temporary folder)."),
+    context_policy: str = typer.Option("truncate", "--context-policy",
+                                       help="When the window is full: truncate (drop oldest turns) or error."),
+    chat_template: Optional[str] = TemplateOpt,
+    ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
+    gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
+    mmap: bool = MmapOpt, provider: str = ProviderOpt,
+):
+    """A local chat page (Gradio) at http://HOST:PORT, fully offline: streaming, Stop, model picker, export."""
+    from edge_chat.chat.context import POLICIES
+    from edge_chat.ui.app import parse_auth, run_ui
+    if context_policy not in POLICIES:
+        raise EdgeChatError(f"--context-policy must be one of {', '.join(POLICIES)}")
+    run_ui(model, host=host, port=port, auth=parse_auth(auth),
+           options=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider),
+           chat_template=chat_template, context_policy=context_policy, export_dir=export_dir,
+           warn=_err)
+
+
+# -- serve --------------------------------------------------------------------
+@command
+def serve(
+    models: Optional[List[str]] = typer.Argument(None, help="Serve only these models (names "
+                                                 "or paths); default: every model in the store."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0: all)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGE_CHAT_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY' on /v1/*."),
+    max_loaded: int = typer.Option(2, "--max-loaded", help="Models kept in memory at once."),
+    max_queue: int = typer.Option(8, "--max-queue", help="Requests waiting per model (then 503)."),
+    cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin",
+                                                    help="Allow this browser origin (repeatable)."),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
+    chat_template: Optional[str] = TemplateOpt,
+    ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
+    gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
+    mmap: bool = MmapOpt, provider: str = ProviderOpt,
+):
+    """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)."""
+    from edge_chat.server import ServerConfig
+    from edge_chat.server import serve as run_server
+    run_server(ServerConfig(
+        models=models or None, host=host, port=port, api_key=api_key or None,
+        max_loaded=max_loaded, max_queue=max_queue, cors_origins=cors_origin or [],
+        chat_template=chat_template,
+        engine=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider)),
+        log_level=log_level)
 
 
 # -- models / info ------------------------------------------------------------

@@ -97,7 +97,6 @@ def convert_to_gguf(src: Path | str, quant: str, out: Path | None = None,
         notes.append("tensor types: " + ", ".join(
             f"{n} {t}" for t, n in Counter(t.type for t in gguf.tensors).most_common()))
         out_bytes = tmp.stat().st_size
-        _umask_mode(tmp)
     return ConvertResult(output=out, format="gguf", quant=quant, source_bytes=weights_size(src),
                          output_bytes=out_bytes, seconds=time.monotonic() - start,
                          fallbacks=fallbacks, notes=notes)
@@ -252,13 +251,6 @@ def _verify(path: Path, quant: str) -> GGUFFile:
     if gguf.quant_name != quant:
         raise ConvertError(f"the converted file is {gguf.quant_name}, not {quant}")
     return gguf
-
-
-def _umask_mode(path: Path) -> None:
-    """mkstemp files are 0600; give the model the mode a plain open() would."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def _version(dist: str) -> str:

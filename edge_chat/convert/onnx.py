@@ -5,9 +5,10 @@ The decoder with past key/values is exported by optimum (task
 quantized with onnxruntime's own tools:
 
   * int8: dynamic quantization of the MatMul weights (MatMulInteger), int8 per tensor;
-  * int4: MatMulNBits (block-wise, symmetric, ``block_size`` weights per block) for the
-    MatMuls, and the embedding table block-quantized to 4 bits too (GatherBlockQuantized),
-    since for real models the embedding is a large part of the size;
+  * int4: MatMulNBits (block-wise, symmetric, ``block_size`` weights per block, int8
+    activations on CPU) for the MatMuls, and the embedding table block-quantized to
+    4 bits too (GatherBlockQuantized, blocks along the hidden axis), since for real
+    models the embedding is a large part of the size;
   * fp16: all floats halved (inputs/outputs too, so the KV cache is fp16) - meant for
     GPUs (CUDA/DirectML); on a CPU it is slower than fp32, use int8/int4 there.
 
@@ -22,6 +23,7 @@ import datetime as _dt
 import gc
 import json
 import logging
+import os
 import time
 import warnings
 from contextlib import contextmanager
@@ -41,6 +43,8 @@ TASK = "text-generation-with-past"
 #: the exported fp32 model must match PyTorch's logits within this
 EXPORT_ATOL = 1e-3
 DATA_FILE = "model.onnx.data"
+#: MatMulNBits accuracy_level: 4 = int8 activations on CPU (faster; GPUs ignore it)
+INT4_ACCURACY_LEVEL = 4
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
 _SAMPLE = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 _SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog. 1, 2, 3: hello!"
@@ -131,7 +135,11 @@ def convert_to_onnx(src: Path, quant: str, out: Path | None = None, block_size: 
             "tools": _versions(), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(
                 timespec="seconds"), "notes": notes,
         }
+        if quant == "int4":
+            manifest["int4"] = {"matmul": "MatMulNBits", "embedding": "GatherBlockQuantized",
+                                "symmetric": True, "accuracy_level": INT4_ACCURACY_LEVEL}
         write_json_atomic(tmp / "edge_chat.json", manifest)
+        _publish_modes(tmp)
         progress("done", 1.0)
 
     return ConvertResult(output=out, format="onnx", quant=quant, source_bytes=src_bytes,
@@ -313,12 +321,23 @@ def _write_quant(fp32: Path, dst: Path, quant: str, block_size: int) -> None:
                 op.version = 21
         model.ir_version = max(model.ir_version, 10)
         q = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True,
+                                 accuracy_level=INT4_ACCURACY_LEVEL,
                                  op_types_to_quantize=("MatMul", "Gather"),
                                  quant_axes=(("MatMul", 0), ("Gather", 1)))
         q.process()
         model = q.model.model
     onnx.save_model(model, str(target), save_as_external_data=True,
                     all_tensors_to_one_file=True, location=DATA_FILE, size_threshold=1024)
+
+
+def _publish_modes(folder: Path) -> None:
+    """Temporary files are private (0600/0700); the model folder is not."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for p in folder.iterdir():
+        if p.is_file():
+            p.chmod(0o666 & ~umask)
 
 
 # -- metadata ---------------------------------------------------------------------

@@ -1,0 +1,309 @@
+"""Models for the API: opened lazily by name, kept warm, at most `max_loaded` at
+once (least recently used is unloaded), one worker thread per model.
+
+Each engine serves one generation at a time: a request becomes a `Job` run on
+its model's worker thread; jobs wait in a per-model queue of at most
+`max_queue` (beyond that: ServerBusy, a 503). Events cross from the worker to
+the event loop through an asyncio queue; cancelling a job (the client left)
+stops its generation at the next token."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from edge_chat.chat.completion import ChatModel, Event
+from edge_chat.engines import EngineOptions
+from edge_chat.errors import EdgeChatError, ModelNotFound
+from edge_chat.store import describe, find_in_store, list_models, model_name, resolve_model
+
+log = logging.getLogger("edge_chat.server")
+
+
+@dataclass
+class ServerConfig:
+    models: list[str] | None = None        # paths or store names; None: the whole store
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_loaded: int = 2
+    max_queue: int = 8
+    cors_origins: list[str] = field(default_factory=list)
+    engine: EngineOptions = field(default_factory=EngineOptions)
+    chat_template: str | None = None
+
+
+class ServerBusy(EdgeChatError):
+    status = 503
+    type = "server_error"
+
+    def __init__(self, message: str):
+        super().__init__(message, code="server_overloaded")
+
+
+class _End:
+    """Marks the end of a job's events."""
+
+
+END = _End()
+
+
+class Job:
+    """One request's generation. The worker puts Events (then END, or an
+    exception then END) into `queue`; the event loop reads them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.cancelled = False
+        self.running = False
+        self.finished = False
+        self.overrun = 0            # tokens generated after the cancel was asked
+
+    def put(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:        # the loop is gone (server shutting down)
+            self.cancelled = True
+
+
+class _CountingEngine:
+    """The engine as ChatModel sees it, counting every generated token."""
+
+    def __init__(self, engine, entry: "Entry"):
+        self._engine = engine
+        self._entry = entry
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+    def generate(self, prompt, params, **kw) -> Iterator[int]:
+        gen = self._engine.generate(prompt, params, **kw)
+        try:
+            for tok in gen:
+                self._entry.counted()
+                yield tok
+        finally:
+            gen.close()
+
+
+class Entry:
+    """One model: its worker thread, its ChatModel once loaded, its queue length."""
+
+    def __init__(self, pool: "ModelPool", name: str, path: Path):
+        self.pool, self.name, self.path = pool, name, path
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"edge_chat-{name}")
+        self.model: ChatModel | None = None
+        self.error: EdgeChatError | None = None
+        self.pending = 0                # jobs submitted and not finished (running + queued)
+        self.lock = threading.Lock()    # guards job.running / current against cancel()
+        self.current: Job | None = None
+
+    # -- worker thread ------------------------------------------------------
+    def load(self, wait: list[Future]) -> None:
+        for f in wait:                  # the evicted models are closed first
+            try:
+                f.result()
+            except Exception:  # noqa: BLE001  closing failed; nothing to do
+                pass
+        from edge_chat.runtime import open_chat
+        cfg = self.pool.config
+        try:
+            model = open_chat(str(self.path), cfg.engine, chat_template=cfg.chat_template,
+                              context_policy="error", need_template=False,
+                              warn=lambda note: log.warning("%s: %s", self.name, note))
+        except EdgeChatError as e:
+            self.error = e
+            return
+        except Exception as e:  # noqa: BLE001
+            self.error = EdgeChatError(f"cannot load model '{self.name}': {e}", status=500)
+            return
+        model.engine = _CountingEngine(model.engine, self)
+        self.model = model
+        log.info("loaded %s (%s, context %d)", self.name, model.info.format, model.info.n_ctx)
+
+    def counted(self) -> None:
+        self.pool.stats["tokens_generated"] += 1
+        job = self.current
+        if job is not None and job.cancelled:
+            job.overrun += 1
+
+    def work(self, job: Job, fn: Callable[[ChatModel], Iterator[Event]]) -> None:
+        with self.lock:
+            if job.cancelled:
+                job.put(END)
+                return
+            job.running, self.current = True, job
+        try:
+            if self.model is None:
+                raise self.error or EdgeChatError(f"model '{self.name}' is not loaded",
+                                                  status=500)
+            events = fn(self.model)
+            try:
+                for ev in events:
+                    job.put(ev)
+                    if job.cancelled:
+                        break
+            finally:
+                events.close()
+        except BaseException as e:  # noqa: BLE001  handed to the request
+            job.put(e)
+        finally:
+            with self.lock:
+                job.running, self.current = False, None
+            if job.cancelled:
+                stats = self.pool.stats
+                stats["max_cancel_overrun"] = max(stats["max_cancel_overrun"], job.overrun)
+            job.put(END)
+
+    def _close(self) -> None:
+        model, self.model = self.model, None
+        if model is not None:
+            model.engine.close()
+            log.info("unloaded %s", self.name)
+
+    # -- event loop ---------------------------------------------------------
+    def cancel(self, job: Job) -> None:
+        """Stop `job`: dropped if still queued, stopped at the next token if running."""
+        with self.lock:
+            if job.cancelled or job.finished:
+                return
+            job.cancelled = True
+            self.pool.stats["cancelled"] += 1
+            if job.running and self.model is not None:
+                self.model.cancel()
+
+    def close(self) -> Future:
+        """Unload after the jobs already queued; returns when done."""
+        f = self.executor.submit(self._close)
+        self.executor.shutdown(wait=False)
+        return f
+
+
+class ModelPool:
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._meta: dict[tuple, dict] = {}
+        self.stats = {"requests": 0, "rejected": 0, "cancelled": 0, "tokens_generated": 0,
+                      "max_cancel_overrun": 0}
+        self.fixed: dict[str, Path] | None = None
+        if config.models:
+            self.fixed = {}
+            for spec in config.models:
+                path = resolve_model(spec)
+                name = model_name(path)
+                if name in self.fixed:
+                    raise EdgeChatError(f"two models are named '{name}'")
+                self.fixed[name] = path
+
+    # -- names --------------------------------------------------------------
+    def available(self) -> dict[str, Path]:
+        if self.fixed is not None:
+            return dict(self.fixed)
+        return {model_name(p): p for p in list_models()}
+
+    def resolve(self, name: str | None) -> tuple[str, Path]:
+        """(canonical name, path) for a requested model; None → the only model."""
+        if name is None:
+            avail = self.available()
+            if len(avail) == 1:
+                return next(iter(avail.items()))
+            raise EdgeChatError("'model' is required (GET /v1/models lists them)",
+                                param="model")
+        if self.fixed is not None:
+            if name not in self.fixed:
+                raise ModelNotFound(f"the model '{name}' does not exist; this server serves "
+                                    f"{', '.join(self.fixed)}")
+            return name, self.fixed[name]
+        try:
+            path = find_in_store(name)
+        except ModelNotFound:
+            raise ModelNotFound(f"the model '{name}' does not exist in the store "
+                                f"(GET /v1/models lists them)") from None
+        return model_name(path), path
+
+    def meta(self, path: Path) -> dict:
+        """describe() of a stored model, cached while the file is unchanged."""
+        try:
+            st = path.stat()
+        except OSError:
+            return {}
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        if key not in self._meta:
+            try:
+                row = describe(path)
+            except Exception:  # noqa: BLE001  a broken file still gets listed
+                row = {"format": "broken"}
+            row["created"] = int(st.st_mtime)
+            row["context_length"] = row.pop("context", None)
+            self._meta[key] = row
+        return self._meta[key]
+
+    def is_loaded(self, name: str) -> bool:
+        e = self._entries.get(name)
+        return e is not None and e.model is not None
+
+    # -- jobs ---------------------------------------------------------------
+    def start(self, name: str | None, fn: Callable[[ChatModel], Iterator[Event]]
+              ) -> tuple[str, Entry, Job]:
+        """Queue `fn(model)` (a generator of Events) on the model's worker.
+        Runs on the event loop; never blocks."""
+        key, path = self.resolve(name)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._open(key, path)
+        if entry.pending > self.config.max_queue:
+            self.stats["rejected"] += 1
+            raise ServerBusy(f"the model '{key}' is busy: {entry.pending - 1} request(s) already "
+                             f"wait (--max-queue {self.config.max_queue}); retry shortly")
+        self.stats["requests"] += 1
+        entry.pending += 1
+        self._entries.move_to_end(key)
+        loop = asyncio.get_running_loop()
+        job = Job(loop)
+        fut = entry.executor.submit(entry.work, job, fn)
+        fut.add_done_callback(lambda _f: loop.call_soon_threadsafe(self._done, entry, job))
+        return key, entry, job
+
+    def _done(self, entry: Entry, job: Job) -> None:
+        entry.pending -= 1
+        job.finished = True
+
+    def _open(self, key: str, path: Path) -> Entry:
+        wait = []
+        while len(self._entries) >= max(1, self.config.max_loaded):
+            idle = [e for e in self._entries.values() if e.pending == 0]
+            victim = idle[0] if idle else next(iter(self._entries.values()))
+            del self._entries[victim.name]
+            wait.append(victim.close())
+        entry = Entry(self, key, path)
+        self._entries[key] = entry
+        loop = asyncio.get_running_loop()
+        fut = entry.executor.submit(entry.load, wait)
+        fut.add_done_callback(lambda _f: loop.call_soon_threadsafe(self._loaded, entry))
+        return entry
+
+    def _loaded(self, entry: Entry) -> None:
+        if entry.model is None and self._entries.get(entry.name) is entry:
+            del self._entries[entry.name]       # failed: the next request tries again
+            entry.close()
+
+    def health(self) -> dict:
+        return {"status": "ok",
+                "loaded": [{"id": e.name, "ready": e.model is not None, "pending": e.pending,
+                            "busy": e.current is not None} for e in self._entries.values()],
+                "stats": dict(self.stats)}
+
+    def close(self) -> None:
+        for e in list(self._entries.values()):
+            if e.current is not None:
+                e.cancel(e.current)
+            e.close()
+        self._entries.clear()
