@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from edge_chat.chat.params import CHAT_DEFAULTS
 from edge_chat.engines import EngineOptions
@@ -89,14 +89,14 @@ def build_page(ui: ChatUI):
         settings = [system, temperature, top_p, max_tokens, seed]
 
         def on_send(text, c, *s):
-            for c, st in ui.send(c, text, *s):
-                yield "", c.display(), c, st
+            for now, st in ui.send(c, text, *s):
+                yield "", now.display(), now, st
 
         def on_retry(c, *s):
-            for c, st in ui.retry(c, *s):
-                yield c.display(), c, st
+            for now, st in ui.retry(c, *s):
+                yield now.display(), now, st
 
-        answer = dict(concurrency_id="answer", concurrency_limit=1, show_progress="hidden")
+        answer = {"concurrency_id": "answer", "concurrency_limit": 1, "show_progress": "hidden"}
         events = [
             msg.submit(on_send, [msg, conv, *settings], [msg, chat, conv, status], **answer),
             send.click(on_send, [msg, conv, *settings], [msg, chat, conv, status], **answer),
@@ -107,6 +107,7 @@ def build_page(ui: ChatUI):
             ev(lambda: (Conversation(), [], "conversation cleared"), None, [conv, chat, status],
                cancels=events, show_progress="hidden")
         model.input(ui.switch, [model], [status], concurrency_id="load", concurrency_limit=1)
+
         def on_export(fmt):
             def run(c, s):
                 path, st = ui.export(c, s, fmt)
@@ -142,6 +143,9 @@ def run_ui(model: str | None = None, *, host: str = "127.0.0.1", port: int = 786
                     mcp_server=False, footer_links=[], theme=theme(), css=CSS,
                     allowed_paths=[str(export)])
     except OSError as e:
+        if "Cannot find empty port" in str(e):
+            raise EdgeChatError(f"port {port} on {host} is in use: pick another with --port") \
+                from None
         raise EdgeChatError(f"cannot serve on {host}:{port}: {e}") from None
     finally:
         holder.close()

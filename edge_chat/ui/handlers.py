@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from edge_chat.atomic import write_json_atomic, write_text_atomic
 from edge_chat.chat.completion import ChatModel, Stats
@@ -242,14 +243,18 @@ class ChatUI:
                 status = " · ".join(notes) or f"answering with {self.holder.name}…"
                 yield conv, status
                 finish, stats = "stop", None
-                for ev in model.stream(None, params, prompt=prompt):
-                    if self.holder.stopping:
-                        model.cancel()      # engines clear the flag when they start
-                    if ev.delta:
-                        reply["content"] += ev.delta
-                        yield conv, status
-                    if ev.finish_reason is not None:
-                        finish, stats = ev.finish_reason, ev.stats
+                events = model.stream(None, params, prompt=prompt)
+                try:
+                    for ev in events:
+                        if self.holder.stopping:
+                            model.cancel()      # engines clear the flag when they start
+                        if ev.delta:
+                            reply["content"] += ev.delta
+                            yield conv, status
+                        if ev.finish_reason is not None:
+                            finish, stats = ev.finish_reason, ev.stats
+                finally:
+                    events.close()              # the page went away: free the engine now
                 stopped = self.holder.stopping
                 if stats is not None:
                     reply["footer"] = footer(stats, model.n_ctx, finish, stopped)
@@ -262,7 +267,7 @@ class ChatUI:
             notes.append(f"error: {e}")
         except Exception as e:                              # noqa: BLE001  keep the page alive
             notes.append(f"error: {type(e).__name__}: {e}")
-        yield conv, " · ".join(notes) or "ready"
+        yield conv, " · ".join(notes) or f"ready · {self.holder.status}"
 
     # -- export ---------------------------------------------------------------
     def export(self, conv: Conversation, system: str | None, fmt: str) -> tuple[str | None, str]:
