@@ -298,6 +298,51 @@ def convert(
     run_convert(src, to, quant, output, block_size)
 
 
+# -- bench --------------------------------------------------------------------
+@command
+def bench(
+    models: List[str] = typer.Argument(..., help="GGUF files, ONNX folders or store names "
+                                                 "(each measured in its own process)."),
+    prompt_lengths: str = typer.Option("128,1024", "--prompt-lengths",
+                                       help="Prompt sizes in tokens, comma-separated."),
+    gen: int = typer.Option(64, "--gen", min=2, help="Tokens generated per run (greedy, EOS banned)."),
+    reps: int = typer.Option(3, "--reps", min=1, help="Measured runs per prompt length (after a warm-up)."),
+    history: int = typer.Option(1536, "--history", min=0,
+                                help="Tokens of history before the second turn (0: skip it)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write bar charts to this PNG."),
+    chat_template: Optional[str] = TemplateOpt,
+    ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
+    gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
+    mmap: bool = MmapOpt, provider: str = ProviderOpt,
+):
+    """Measure load time, peak memory, time to first token, prefill/decode tok/s and second-turn TTFT."""
+    import json
+    from dataclasses import asdict
+
+    from edge_chat.bench import BenchConfig, bench_models, parse_lengths
+    from edge_chat.bench import plot as write_plot
+    from edge_chat.bench import table
+    from edge_chat.store import resolve_model
+    paths = [str(resolve_model(m)) for m in models]
+    opts = asdict(_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider))
+    cfg = BenchConfig(prompt_lengths=parse_lengths(prompt_lengths), gen=gen, reps=reps,
+                      history=history, chat_template=chat_template, options=opts)
+    results = bench_models(paths, cfg, quiet=json_out)
+    if json_out:
+        print(json.dumps(results, indent=2))
+    else:
+        from rich.console import Console
+        Console().print(table(results))
+    if plot is not None:
+        _err(f"plot written to {write_plot(results, plot)}")
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        _err(f"error: {r['model']}: {r['error']}")
+    if failed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

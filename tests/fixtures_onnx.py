@@ -1,1 +1,59 @@
-"""Fixtures (being written)."""
+"""Session fixture for the tiny trained model exported to ONNX.
+
+    tiny_onnx -> dict[str, Path]   {"fp32": ..., "int8": ..., "int4": ...} ONNX model
+                 folders made by edge_chat.convert.onnx.convert_to_onnx from `tiny_hf`
+
+Cached beside the tiny HF folder (see tests/fixtures_tiny.py):
+
+    tiny-<model hash>/onnx-<hash of the converter source + onnxruntime/optimum versions>/
+        tiny-onnx-<quant>/
+
+each built in a temporary folder and renamed into place (under a lock), so an
+interrupted build never leaves a half folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_tiny import _build_once, _hash
+
+ONNX_TEST_QUANTS = ("fp32", "int8", "int4")
+
+_REPO = Path(__file__).resolve().parent.parent
+
+__all__ = ["ONNX_TEST_QUANTS", "tiny_onnx", "tiny_onnx_dirs"]
+
+
+def _converter_key() -> str:
+    from importlib import metadata
+    srcs = [_REPO / "edge_chat" / "convert" / n for n in ("onnx.py", "common.py")]
+    versions = [metadata.version(d) for d in ("onnxruntime", "optimum-onnx", "onnx")]
+    return _hash(*(p.read_bytes() for p in srcs if p.is_file()),
+                 *(v.encode() for v in versions))
+
+
+def tiny_onnx_dirs(hf: Path, quants=ONNX_TEST_QUANTS) -> dict[str, Path]:
+    """Build (or reuse) the ONNX exports of the tiny HF folder; usable outside pytest."""
+    from edge_chat.convert.onnx import convert_to_onnx
+
+    folder = hf.parent / f"onnx-{_converter_key()}"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def make(quant: str):
+        def build(tmp: Path) -> Path:
+            res = convert_to_onnx(hf, quant, tmp / f"tiny-onnx-{quant}")
+            if not (res.output / "model.onnx").is_file():
+                raise RuntimeError(f"convert_to_onnx({quant}) wrote no model.onnx")
+            return res.output
+        return build
+
+    return {q: _build_once(folder / f"tiny-onnx-{q}", make(q)) for q in quants}
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_hf: Path) -> dict[str, Path]:
+    """{"fp32", "int8", "int4"} -> ONNX folder of the tiny model (cached)."""
+    return tiny_onnx_dirs(tiny_hf)

@@ -26,15 +26,23 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from edge_chat.convert.common import (
-    ConvertResult, Progress, atomic_path, model_basename, no_progress, path_size, read_hf_config,
-    temp_dir, weights_size, write_json_atomic,
+    ConvertResult,
+    Progress,
+    atomic_path,
+    model_basename,
+    no_progress,
+    path_size,
+    read_hf_config,
+    temp_dir,
+    weights_size,
+    write_json_atomic,
 )
 from edge_chat.errors import ConvertError
 

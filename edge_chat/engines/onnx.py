@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -254,7 +255,7 @@ class OnnxEngine:
 
     # -- generation ------------------------------------------------------------
 
-    def generate(self, prompt: list[int], params: "SamplingParams") -> Iterator[int]:
+    def generate(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
         prompt = [int(t) for t in prompt]
         if not prompt:
             raise EdgeChatError("empty prompt: nothing to continue", param="messages")
@@ -269,8 +270,10 @@ class OnnxEngine:
         self._gen_id += 1
         return self._run(prompt, params, self._gen_id)
 
-    def _run(self, prompt: list[int], params: "SamplingParams", gen_id: int) -> Iterator[int]:
+    def _run(self, prompt: list[int], params: SamplingParams, gen_id: int) -> Iterator[int]:
         with self._lock:
+            if gen_id != self._gen_id:      # superseded before it started
+                return
             keep = 0
             for a, b in zip(self._tokens, prompt):
                 if a != b:
@@ -355,7 +358,7 @@ class OnnxEngine:
         self._tokens = []
         self._sess = None
 
-    def __enter__(self) -> "OnnxEngine":
+    def __enter__(self) -> OnnxEngine:
         return self
 
     def __exit__(self, *exc) -> None:

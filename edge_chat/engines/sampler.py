@@ -17,7 +17,8 @@ call), so the same seed, prompt and parameters give the same tokens."""
 from __future__ import annotations
 
 from collections import Counter, deque
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,7 +39,7 @@ class Sampler:
     `context` is the prompt (feeds repeat_penalty); `accept(token)` records each
     generated token."""
 
-    def __init__(self, params: "SamplingParams", context: Iterable[int] = (),
+    def __init__(self, params: SamplingParams, context: Iterable[int] = (),
                  repeat_last_n: int = REPEAT_LAST_N):
         self.params = params
         self.rng = np.random.default_rng(params.seed)

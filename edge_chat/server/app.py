@@ -53,17 +53,21 @@ class Reader:
     def __init__(self, request: Request, entry: Entry, job: Job):
         self.request, self.entry, self.job = request, entry, job
         self.done = False
+        self.next_check = 0.0
 
     async def get(self, watch: bool) -> Event | None:
         """The next Event, None at the end; raises the job's error. `watch`:
         poll for a client disconnect meanwhile (ClientGone)."""
+        loop = asyncio.get_running_loop()
         while True:
             if watch:
+                if loop.time() >= self.next_check:
+                    self.next_check = loop.time() + POLL
+                    if await self.request.is_disconnected():
+                        raise ClientGone()
                 try:
                     item = await asyncio.wait_for(self.job.queue.get(), POLL)
                 except asyncio.TimeoutError:
-                    if await self.request.is_disconnected():
-                        raise ClientGone() from None
                     continue
             else:
                 item = await self.job.queue.get()

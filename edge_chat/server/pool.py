@@ -302,8 +302,11 @@ class ModelPool:
                 "stats": dict(self.stats)}
 
     def close(self) -> None:
-        for e in list(self._entries.values()):
+        """At shutdown: drop queued jobs, stop running ones, free the models."""
+        entries = list(self._entries.values())
+        self._entries.clear()
+        for e in entries:
             if e.current is not None:
                 e.cancel(e.current)
-            e.close()
-        self._entries.clear()
+            e.executor.shutdown(wait=True, cancel_futures=True)
+            e._close()

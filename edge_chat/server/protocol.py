@@ -73,6 +73,15 @@ class ChatRequest(_Request):
         return self.max_completion_tokens if self.max_completion_tokens is not None \
             else self.max_tokens
 
+    def params(self) -> SamplingParams:
+        try:
+            return super().params()
+        except EdgeChatError as e:
+            if e.param == "max_tokens" and self.max_completion_tokens is not None:
+                raise EdgeChatError(e.message.replace("'max_tokens'", "'max_completion_tokens'"),
+                                    param="max_completion_tokens") from None
+            raise
+
 
 class CompletionRequest(_Request):
     prompt: str | list[str] | None = None
@@ -87,6 +96,8 @@ class CompletionRequest(_Request):
             p = p[0]
         if p is None:
             raise EdgeChatError("'prompt' is required", param="prompt")
+        if not p:
+            raise EdgeChatError("prompt must not be empty", param="prompt")
         return p
 
 
