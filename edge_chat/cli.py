@@ -287,9 +287,10 @@ def info(model: str = typer.Argument(..., help="A path or a name in the store.")
 def convert(
     src: str = typer.Argument(..., help="A Hugging Face model folder (or a hub id when online)."),
     to: str = typer.Option("gguf", "--to", help="gguf or onnx."),
-    quant: str = typer.Option("q4_k_m", "--quant", "-q",
-                              help="gguf: f32 f16 bf16 q8_0 q6_k q5_k_m q5_0 q4_k_m q4_k_s q4_0 "
-                                   "q3_k_m q2_k; onnx: fp32 fp16 int8 int4."),
+    quant: Optional[str] = typer.Option(None, "--quant", "-q",
+                                        help="gguf: f32 f16 bf16 q8_0 q6_k q5_k_m q5_0 q4_k_m "
+                                             "q4_k_s q4_0 q3_k_m q2_k (default q4_k_m); "
+                                             "onnx: fp32 fp16 int8 int4 (default int4)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output path."),
     block_size: int = typer.Option(32, "--block-size", help="onnx int4: quantization block size."),
 ):

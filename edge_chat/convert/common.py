@@ -78,8 +78,13 @@ def resolve_source(src: str) -> Path:
 
 
 def model_basename(folder: Path) -> str:
+    """The store name of a source folder; for a hub download
+    (`.../models--org--name/snapshots/<commit>`) the repository's name."""
     from edge_chat.store import slug
-    return slug(folder.resolve().name)
+    folder = folder.resolve()
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return slug(folder.parent.parent.name.split("--")[-1])
+    return slug(folder.name)
 
 
 @contextmanager

@@ -38,13 +38,16 @@ def summary_table(r: ConvertResult) -> Table:
     return t
 
 
-def run_convert(src: str, to: str, quant: str, output: Path | None, block_size: int = 32,
+DEFAULT_QUANT = {"gguf": "q4_k_m", "onnx": "int4"}
+
+
+def run_convert(src: str, to: str, quant: str | None, output: Path | None, block_size: int = 32,
                 console: Console | None = None) -> ConvertResult:
     console = console or Console(stderr=True)
     to = to.lower()
     if to not in TARGETS:
         raise ConvertError(f"--to must be one of {', '.join(TARGETS)}, not '{to}'")
-    quant = quant.lower()
+    quant = (quant or DEFAULT_QUANT[to]).lower()
     if to == "gguf":
         from edge_chat.convert.gguf import QUANTS, convert_to_gguf as convert
         extra = {}

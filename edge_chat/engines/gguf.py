@@ -13,6 +13,8 @@ from edge_chat.store import model_name
 from edge_chat.system import physical_cores
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from edge_chat.chat.params import SamplingParams
 
 KV_TYPES = {"f16": 1, "q8_0": 8}   # ggml type ids
@@ -45,6 +47,12 @@ def gpu_layers_for(gguf, gpu_layers: int | str | None, vram: str | int | None, n
     if n < -1:
         raise EdgeChatError("--gpu-layers must be >= 0 (or -1 for all)", param="gpu_layers")
     return n
+
+
+def p_ids(params: "SamplingParams", prompt: list[int]):
+    """Every token id a request names: the prompt's and logit_bias's."""
+    yield from params.logit_bias
+    yield from prompt
 
 
 class GGUFEngine:
@@ -129,9 +137,8 @@ class GGUFEngine:
         p = self._params
         s = LlamaSampler()
         n_vocab = self._llm.n_vocab()
-        bias = {t: b for t, b in p.logit_bias.items() if 0 <= t < n_vocab}
-        if bias:
-            s.add_logit_bias(n_vocab, bias)
+        if p.logit_bias:
+            s.add_logit_bias(n_vocab, p.logit_bias)
         if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
             s.add_penalties(n_vocab=n_vocab, penalty_last_n=64, penalty_repeat=p.repeat_penalty,
                             penalty_freq=p.frequency_penalty,
@@ -178,6 +185,11 @@ class GGUFEngine:
         if len(prompt) >= self.info.n_ctx:
             raise EdgeChatError(f"prompt of {len(prompt)} tokens does not fit the context "
                                 f"window of {self.info.n_ctx}", code="context_length_exceeded")
+        n_vocab = llm.n_vocab()
+        bad = next((t for t in p_ids(params, prompt) if not 0 <= t < n_vocab), None)
+        if bad is not None:
+            raise EdgeChatError(f"token id {bad} is out of range (the model has {n_vocab} tokens)",
+                                param="logit_bias" if bad in params.logit_bias else "prompt")
         self._cancel.clear()
         self._params = params
         self._seed = params.seed if params.seed is not None else random.getrandbits(32)
@@ -193,6 +205,30 @@ class GGUFEngine:
                     return
         finally:
             gen.close()
+
+    def logprobs(self, tokens: list[int]) -> "np.ndarray":
+        """log p(tokens[i+1] | tokens[:i+1]) for each i (perplexity). Uses
+        the KV cache from position 0 (the next generate re-evaluates)."""
+        import numpy as np
+        llm = self._llm
+        if len(tokens) > self.info.n_ctx:
+            raise EdgeChatError(f"{len(tokens)} tokens do not fit the window of {self.info.n_ctx}")
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        llm.n_tokens = 0
+        llm._requires_eval = True
+        n_vocab = llm.n_vocab()
+        out = []
+        for i in range(0, len(tokens), llm.n_batch):
+            batch = tokens[i:i + llm.n_batch]
+            llm._batch.set_batch(batch=batch, n_past=i, logits_all=True)
+            llm._ctx.decode(llm._batch)
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(batch) * n_vocab,))
+            out.append(logits.reshape(len(batch), n_vocab).astype(np.float64))
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        logits = np.concatenate(out)[:-1]
+        mx = logits.max(axis=1, keepdims=True)
+        lse = mx[:, 0] + np.log(np.exp(logits - mx).sum(axis=1))
+        return logits[np.arange(len(tokens) - 1), tokens[1:]] - lse
 
     def cancel(self) -> None:
         self._cancel.set()

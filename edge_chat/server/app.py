@@ -10,8 +10,8 @@ import asyncio
 import hmac
 import json
 import logging
+from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Callable, Iterator
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -22,8 +22,14 @@ from edge_chat import __version__
 from edge_chat.chat.completion import ChatModel, Event
 from edge_chat.errors import EdgeChatError
 from edge_chat.server.pool import END, Entry, Job, ModelPool, ServerConfig
-from edge_chat.server.protocol import ChatRequest, CompletionRequest, Shaper, error_body, \
-    model_card, parse
+from edge_chat.server.protocol import (
+    ChatRequest,
+    CompletionRequest,
+    Shaper,
+    error_body,
+    model_card,
+    parse,
+)
 
 log = logging.getLogger("edge_chat.server")
 
@@ -232,7 +238,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             yield {"data": "[DONE]"}
         except EdgeChatError as e:
             yield _data(error_body(e.message, e.type, e.param, e.code))
-        except Exception as e:  # noqa: BLE001  the headers are gone: report in the stream
+        except Exception as e:
             log.exception("error while streaming")
             yield _data(error_body(f"internal error: {e}", "server_error"))
         finally:

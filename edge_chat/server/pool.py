@@ -13,15 +13,22 @@ import asyncio
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from edge_chat.chat.completion import ChatModel, Event
 from edge_chat.engines import EngineOptions
 from edge_chat.errors import EdgeChatError, ModelNotFound
-from edge_chat.store import describe, find_in_store, list_models, model_name, resolve_model
+from edge_chat.store import (
+    describe,
+    find_in_store,
+    list_models,
+    model_name,
+    resolve_model,
+)
 
 log = logging.getLogger("edge_chat.server")
 
@@ -76,7 +83,7 @@ class Job:
 class _CountingEngine:
     """The engine as ChatModel sees it, counting every generated token."""
 
-    def __init__(self, engine, entry: "Entry"):
+    def __init__(self, engine, entry: Entry):
         self._engine = engine
         self._entry = entry
 
@@ -96,7 +103,7 @@ class _CountingEngine:
 class Entry:
     """One model: its worker thread, its ChatModel once loaded, its queue length."""
 
-    def __init__(self, pool: "ModelPool", name: str, path: Path):
+    def __init__(self, pool: ModelPool, name: str, path: Path):
         self.pool, self.name, self.path = pool, name, path
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"edge_chat-{name}")
         self.model: ChatModel | None = None
@@ -110,8 +117,8 @@ class Entry:
         for f in wait:                  # the evicted models are closed first
             try:
                 f.result()
-            except Exception:  # noqa: BLE001  closing failed; nothing to do
-                pass
+            except Exception as e:  # noqa: BLE001  closing failed; load anyway
+                log.warning("unloading a model failed: %s", e)
         from edge_chat.runtime import open_chat
         cfg = self.pool.config
         try:

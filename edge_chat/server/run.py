@@ -8,6 +8,8 @@ import sys
 from edge_chat.errors import EdgeChatError
 from edge_chat.server.pool import ServerConfig
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
 
 def check(config: ServerConfig) -> None:
     """Fail before binding a port: bad --chat-template, limits, names."""
@@ -31,6 +33,8 @@ def serve(config: ServerConfig, log_level: str = "info") -> None:
         raise EdgeChatError(f"the API needs the server extra: pip install 'edge-chat[server]' "
                             f"({e})") from None
     check(config)
+    if log_level not in LOG_LEVELS:
+        raise EdgeChatError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
     app = create_app(config)
     pool = app.state.pool
     names = list(pool.available())
