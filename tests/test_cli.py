@@ -143,3 +143,23 @@ def test_convert_to_the_store_and_chat(tmp_path, tiny_hf, tiny_qa):
     p = subprocess.run(EXE + ["chat", name, "--temperature", "0"], capture_output=True,
                        text=True, env=env, input=tiny_qa[0].messages[-1]["content"], timeout=120)
     assert p.returncode == 0 and p.stdout.strip()
+
+
+def test_same_answer_through_gguf_and_onnx(tmp_path, tiny_gguf, tiny_onnx, tiny_qa):
+    os.symlink(tiny_gguf["f16"], tmp_path / "tiny-f16.gguf")
+    os.symlink(tiny_onnx["fp32"], tmp_path / "tiny-onnx-fp32")
+    env = {**os.environ, "EDGE_CHAT_MODELS": str(tmp_path)}
+    r = CliRunner().invoke(app, ["models", "--json"], env=env)
+    kinds = {row["name"]: row["format"] for row in json.loads(r.stdout)}
+    assert kinds == {"tiny-f16": "gguf", "tiny-onnx-fp32": "onnx"}
+    for qa in tiny_qa[:3]:
+        outs = []
+        for name in ("tiny-f16", "tiny-onnx-fp32"):
+            p = subprocess.run(EXE + ["chat", name, "--temperature", "0"], env=env,
+                               input=qa.messages[-1]["content"], capture_output=True, text=True,
+                               timeout=120)
+            assert p.returncode == 0, p.stderr
+            outs.append(p.stdout)
+        assert outs[0] == outs[1] == qa.answer + "\n"
+    one_line_error(["chat", "tiny-onnx-fp32", "--provider", "cuda", "-p", "hi"], env,
+                   "CPUExecutionProvider")
