@@ -290,13 +290,52 @@ def convert(
     quant: Optional[str] = typer.Option(None, "--quant", "-q",
                                         help="gguf: f32 f16 bf16 q8_0 q6_k q5_k_m q5_0 q4_k_m "
                                              "q4_k_s q4_0 q3_k_m q2_k (default q4_k_m); "
-                                             "onnx: fp32 fp16 int8 int4 (default int4)."),
+                                             "onnx: fp32 fp16 int8 int4 (default int4); "
+                                             "all: every one."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output path."),
     block_size: int = typer.Option(32, "--block-size", help="onnx int4: quantization block size."),
+    evaluate: Optional[bool] = typer.Option(None, "--eval/--no-eval",
+                                            help="Perplexity of the source and the result "
+                                                 "(default: on for a local folder)."),
+    recommend: bool = typer.Option(False, "--recommend",
+                                   help="Pick the quant with the least perplexity loss that fits --ram."),
+    ram: Optional[str] = typer.Option(None, "--ram",
+                                      help="RAM budget for --recommend (default: 60% of free memory)."),
 ):
     """Convert a Hugging Face model to GGUF or ONNX, quantized."""
     from edge_chat.convert.run import run_convert
-    run_convert(src, to, quant, output, block_size)
+    from edge_chat.engines.gguf_file import parse_size
+    run_convert(src, to, quant, output, block_size, evaluate=evaluate, recommend=recommend,
+                budget=parse_size(ram) if ram else None)
+
+
+@command
+def pull(
+    hub_id: str = typer.Argument(..., help="A Hugging Face hub id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct."),
+    to: str = typer.Option("gguf", "--to", help="gguf or onnx."),
+    quant: Optional[str] = typer.Option(None, "--quant", "-q", help="As in convert."),
+):
+    """Download a model from the hub and convert it into the store (needs internet)."""
+    from edge_chat.convert.run import run_convert
+    if Path(hub_id).exists() or hub_id.count("/") != 1:
+        raise EdgeChatError(f"'{hub_id}' is not a hub id (org/name); for a local folder use convert")
+    run_convert(hub_id, to, quant, None, evaluate=False)
+
+
+@command
+def rm(names: List[str] = typer.Argument(..., help="Names in the store."),
+       yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")):
+    """Remove models from the store."""
+    from edge_chat.atomic import remove
+    from edge_chat.store import find_in_store, model_name, path_size
+    paths = [find_in_store(n) for n in names]
+    total = sum(path_size(p) for p in paths)
+    if not yes and sys.stdin.isatty() and not typer.confirm(
+            f"remove {', '.join(model_name(p) for p in paths)} ({_size(total)})?"):
+        raise typer.Exit(1)
+    for p in paths:
+        remove(p)
+        _err(f"removed {p}")
 
 
 # -- bench --------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""`edge_chat convert` for people: a progress display, then a summary."""
+"""`edge_chat convert` for people: progress, a summary, and (with --eval) the
+quality table and a recommendation for this machine."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edge_chat.convert.common import ConvertResult, resolve_source
+from edge_chat.convert.common import ConvertResult, read_hf_config, resolve_source
 from edge_chat.errors import ConvertError
 
 TARGETS = ("gguf", "onnx")
+DEFAULT_QUANT = {"gguf": "q4_k_m", "onnx": "int4"}
 
 
-def _fmt(n: int) -> str:
+def fmt_size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
         n /= 1000
     return str(n)
 
@@ -27,8 +29,8 @@ def summary_table(r: ConvertResult) -> Table:
     t.add_column("what")
     t.add_column("value")
     t.add_row("format / quant", f"{r.format} / {r.quant}")
-    t.add_row("source size", _fmt(r.source_bytes))
-    t.add_row("output size", _fmt(r.output_bytes))
+    t.add_row("source size", fmt_size(r.source_bytes))
+    t.add_row("output size", fmt_size(r.output_bytes))
     t.add_row("ratio", f"{r.ratio:.2f}× smaller")
     t.add_row("time", f"{r.seconds:.1f} s")
     if r.fallbacks:
@@ -38,34 +40,83 @@ def summary_table(r: ConvertResult) -> Table:
     return t
 
 
-DEFAULT_QUANT = {"gguf": "q4_k_m", "onnx": "int4"}
+def _quants(to: str, quant: str | None) -> tuple[list[str], object]:
+    if to == "gguf":
+        from edge_chat.convert.gguf import QUANTS, convert_to_gguf as convert
+    else:
+        from edge_chat.convert.onnx import ONNX_QUANTS as QUANTS, convert_to_onnx as convert
+    quant = (quant or DEFAULT_QUANT[to]).lower()
+    if quant == "all":                      # fp16 ONNX is for GPUs: not in "all"
+        return [q for q in QUANTS if not (to == "onnx" and q == "fp16")], convert
+    if quant not in QUANTS:
+        raise ConvertError(f"unknown {to} quant '{quant}': one of {', '.join(QUANTS)} or all")
+    return [quant], convert
 
 
 def run_convert(src: str, to: str, quant: str | None, output: Path | None, block_size: int = 32,
-                console: Console | None = None) -> ConvertResult:
+                *, evaluate: bool | None = None, recommend: bool = False,
+                budget: int | None = None, console: Console | None = None) -> list[ConvertResult]:
     console = console or Console(stderr=True)
     to = to.lower()
     if to not in TARGETS:
         raise ConvertError(f"--to must be one of {', '.join(TARGETS)}, not '{to}'")
-    quant = (quant or DEFAULT_QUANT[to]).lower()
-    if to == "gguf":
-        from edge_chat.convert.gguf import QUANTS, convert_to_gguf as convert
-        extra = {}
-    else:
-        from edge_chat.convert.onnx import ONNX_QUANTS as QUANTS, convert_to_onnx as convert
-        extra = {"block_size": block_size}
-    if quant not in QUANTS:
-        raise ConvertError(f"unknown {to} quant '{quant}': one of {', '.join(QUANTS)}")
+    quants, convert = _quants(to, quant)
+    if len(quants) > 1 and output is not None and not output.is_dir():
+        raise ConvertError("with --quant all, -o must be an existing folder")
+    extra = {"block_size": block_size} if to == "onnx" else {}
+    local = Path(src).expanduser().exists()
     folder = resolve_source(src)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task(f"{to} {quant}", total=None)
+    evaluate = (local if evaluate is None else evaluate) or recommend
+    results = []
+    for q in quants:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            task = bar.add_task(f"{to} {q}", total=None)
 
-        def progress(stage: str, frac: float | None = None) -> None:
-            bar.update(task, description=f"{to} {quant}: {stage}",
-                       total=None if frac is None else 1.0, completed=frac or 0)
+            def progress(stage: str, frac: float | None = None) -> None:
+                bar.update(task, description=f"{to} {q}: {stage}",
+                           total=None if frac is None else 1.0, completed=frac or 0)
 
-        result = convert(folder, quant, output, progress=progress, **extra)
-    console.print(summary_table(result))
-    print(result.output)
-    return result
+            results.append(convert(folder, q, output, progress=progress, **extra))
+        console.print(summary_table(results[-1]))
+    if evaluate:
+        quality_report(folder, results, to, console, recommend, budget)
+    for r in results:
+        print(r.output)
+    return results
+
+
+def quality_report(folder: Path, results: list[ConvertResult], fmt: str, console: Console,
+                   recommend: bool, budget: int | None) -> list[dict]:
+    from edge_chat.convert.quality import (hf_perplexity, memory_needed, output_perplexity,
+                                           recommend as pick)
+    from edge_chat.system import available_memory
+    config = read_hf_config(folder)
+    with console.status("perplexity of the source model (transformers)..."):
+        base = hf_perplexity(folder)
+    rows = []
+    for r in results:
+        with console.status(f"perplexity of {r.output.name}..."):
+            ppl = output_perplexity(r.output)
+        rows.append({"quant": r.quant, "size": r.output_bytes, "ratio": r.ratio, "ppl": ppl.value,
+                     "change": ppl.value / base.value - 1,
+                     "memory": memory_needed(r.output_bytes, config, fmt), "path": r.output})
+    t = Table(title=f"quality on the bundled text ({base.tokens} tokens); "
+                    f"source perplexity {base.value:.3f}")
+    for col in ("quant", "size", "ratio", "perplexity", "change", "RAM to chat"):
+        t.add_column(col, justify="right" if col != "quant" else "left")
+    for row in rows:
+        t.add_row(row["quant"], fmt_size(row["size"]), f"{row['ratio']:.2f}×",
+                  f"{row['ppl']:.3f}", f"{row['change'] * 100:+.2f} %", fmt_size(row["memory"]))
+    console.print(t)
+    if recommend:
+        limit = budget if budget is not None else int(0.6 * available_memory())
+        best = pick(rows, limit)
+        if best is None:
+            console.print(f"[bold]no quant fits {fmt_size(limit)} of RAM[/bold]: "
+                          "try a smaller quant or a smaller model")
+        else:
+            console.print(f"[bold]recommended for a budget of {fmt_size(limit)}: {best['quant']}"
+                          f"[/bold] ({fmt_size(best['size'])}, perplexity {best['ppl']:.3f}, "
+                          f"{best['change'] * 100:+.2f} %) → {best['path']}")
+    return rows

@@ -8,7 +8,6 @@ the longest common prefix with the tokens already in the cache."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from edge_chat.engines.base import ModelInfo
 from edge_chat.engines.sampler import Sampler
 from edge_chat.errors import ContextLengthExceeded, EdgeChatError, ModelLoadError
+from edge_chat.system import physical_cores
 
 if TYPE_CHECKING:
     from edge_chat.chat.params import SamplingParams
@@ -61,31 +61,6 @@ def select_providers(provider: str, available: Sequence[str] | None = None) -> l
         raise EdgeChatError(f"onnxruntime execution provider '{provider}' is not available"
                             f"{hint}; installed: {names}", param="provider")
     return [match] if match == "CPUExecutionProvider" else [match, "CPUExecutionProvider"]
-
-
-def physical_cores() -> int:
-    """Physical cores usable by this process (hyper-threads do not help matmuls)."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 1
-    cores = None
-    try:
-        import psutil
-        cores = psutil.cpu_count(logical=False)
-    except ImportError:
-        try:
-            ids, phys = set(), "0"
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                key, _, val = line.partition(":")
-                if key.strip() == "physical id":
-                    phys = val.strip()
-                elif key.strip() == "core id":
-                    ids.add((phys, val.strip()))
-            cores = len(ids) or None
-        except OSError:
-            pass
-    return max(1, min(cores or usable, usable))
 
 
 def _read_json(path: Path) -> dict:
@@ -321,9 +296,26 @@ class OnnxEngine:
                 np.ascontiguousarray(arr[tuple(idx)]), self._kv_device, 0)
         del self._tokens[n:]
 
-    def _eval(self, tokens: list[int]) -> np.ndarray:
-        """Run `tokens` after the cache; the logits row of the last one (float32)."""
+    def logprobs(self, tokens: list[int]) -> np.ndarray:
+        """log p(tokens[i+1] | tokens[:i+1]) for each i (perplexity); leaves
+        the cache empty."""
+        if len(tokens) > self.n_ctx:
+            raise EdgeChatError(f"{len(tokens)} tokens do not fit the window of {self.n_ctx}")
+        with self._lock:
+            self._gen_id += 1
+            self._reset_cache()
+            rows = self._eval(tokens, all_rows=True)
+            self._reset_cache()
+        logits = rows[:-1].astype(np.float64)
+        mx = logits.max(axis=1, keepdims=True)
+        lse = mx[:, 0] + np.log(np.exp(logits - mx).sum(axis=1))
+        return logits[np.arange(len(tokens) - 1), tokens[1:]] - lse
+
+    def _eval(self, tokens: list[int], all_rows: bool = False) -> np.ndarray:
+        """Run `tokens` after the cache; the logits row of the last one
+        (float32), or of every one with `all_rows`."""
         logits = None
+        rows = []
         for i in range(0, len(tokens), PROMPT_CHUNK):
             chunk = tokens[i:i + PROMPT_CHUNK]
             start, n = len(self._tokens), len(chunk)
@@ -343,11 +335,13 @@ class OnnxEngine:
                 io.bind_output(name, self._kv_device)
             self._sess.run_with_iobinding(io)
             outs = io.get_outputs()
+            if all_rows:
+                rows.append(np.asarray(outs[0].numpy()[0], dtype=np.float32))
             logits = np.asarray(outs[0].numpy()[0, -1], dtype=np.float32)
             # the presents become the next past, kept as OrtValues (no copy)
             self._past = {self._present[p]: ov for p, ov in zip(presents, outs[1:])}
             self._tokens.extend(chunk)
-        return logits
+        return np.concatenate(rows) if all_rows else logits
 
     def cancel(self) -> None:
         self._cancel.set()
