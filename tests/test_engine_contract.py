@@ -111,3 +111,13 @@ def test_context_window_trimming_and_error(request, tiny_qa):
             m.complete(msgs, make_params(temperature=0, max_tokens=16), policy="error")
     finally:
         m.engine.close()
+
+
+def test_same_request_same_answer_whatever_the_cache_held(model, tiny_qa):
+    hot = make_params(temperature=1.5, top_k=0, top_p=1.0, seed=3, max_tokens=12)
+    for qa in tiny_qa[:4]:
+        model.complete(tiny_qa[-1].messages, GREEDY)        # something else in the cache
+        cold = model.complete(qa.messages, hot).choices[0].text
+        again = model.complete(qa.messages, hot).choices[0].text   # prompt + answer cached
+        assert cold == again
+        assert model.engine.n_prompt_evaluated == 1

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from edge_chat.engines.gguf import default_n_ctx, gpu_layers_for
+from edge_chat.engines.base import default_n_ctx
+from edge_chat.engines.gguf import gpu_layers_for
 from edge_chat.engines.gguf_file import read_gguf
 from edge_chat.errors import EdgeChatError
 from edge_chat.runtime import open_chat
@@ -56,3 +57,16 @@ def test_hub_id_offline_is_a_clear_error(tmp_path):
     assert "offline?" in p.stderr and "local folder" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_q8_0_kv_cache_and_no_mmap_still_answer(tiny_gguf, tiny_qa):
+    from edge_chat.engines import EngineOptions
+    m = open_chat(str(tiny_gguf["f16"]), EngineOptions(kv_type="q8_0", mmap=False, threads=1))
+    try:
+        assert m.info.extra["kv_type"] == "q8_0" and m.info.extra["threads"] == 1
+        for qa in tiny_qa[:5]:
+            assert m.complete(qa.messages, m_params()).choices[0].text == qa.answer
+    finally:
+        m.engine.close()
+    with pytest.raises(EdgeChatError, match="kv-type"):
+        open_chat(str(tiny_gguf["f16"]), EngineOptions(kv_type="q4"))

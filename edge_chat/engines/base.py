@@ -13,6 +13,16 @@ if TYPE_CHECKING:
     from edge_chat.chat.params import SamplingParams
 
 
+DEFAULT_MAX_CTX = 4096
+
+
+def default_n_ctx(trained: int | None, requested: int | None = None) -> int:
+    """The window an engine opens: the requested one, else min(trained, 4096)."""
+    if requested:
+        return int(requested)
+    return min(int(trained or DEFAULT_MAX_CTX), DEFAULT_MAX_CTX)
+
+
 @dataclass
 class ModelInfo:
     name: str

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from edge_chat.engines.base import ModelInfo
+from edge_chat.engines.base import ModelInfo, default_n_ctx
 from edge_chat.engines.gguf_file import fit_gpu_layers, parse_size, read_gguf
 from edge_chat.errors import EdgeChatError, ModelLoadError
 from edge_chat.store import model_name
@@ -18,15 +18,6 @@ if TYPE_CHECKING:
     from edge_chat.chat.params import SamplingParams
 
 KV_TYPES = {"f16": 1, "q8_0": 8}   # ggml type ids
-DEFAULT_MAX_CTX = 4096
-
-
-def default_n_ctx(trained: int | None, requested: int | None) -> int:
-    if requested:
-        return requested
-    return min(trained or DEFAULT_MAX_CTX, DEFAULT_MAX_CTX)
-
-
 def gpu_layers_for(gguf, gpu_layers: int | str | None, vram: str | int | None, n_ctx: int,
                    kv_type: str = "f16") -> int:
     """n_gpu_layers from the CLI's `--gpu-layers N|auto` and `--vram SIZE`."""
@@ -196,7 +187,14 @@ class GGUFEngine:
         self._grammar = None
         if grammar is not None:
             self._grammar = self._llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
-        self.n_prompt_evaluated = len(prompt) - self._reusable(prompt)
+        reuse = self._reusable(prompt)
+        self.n_prompt_evaluated = len(prompt) - reuse
+        if reuse < len(prompt) - 1:
+            # the prompt's last token is always decoded on its own, as it is when the
+            # rest comes from the cache: the same request gives the same answer
+            # whatever the cache held before (a batch decode rounds differently)
+            llm.n_tokens = reuse
+            llm.eval(prompt[reuse:-1])
         gen = llm.generate(prompt, reset=True)
         try:
             for tok in gen:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_chat.engines.base import ModelInfo
+from edge_chat.engines.base import DEFAULT_MAX_CTX, ModelInfo, default_n_ctx
 from edge_chat.engines.sampler import Sampler
 from edge_chat.errors import ContextLengthExceeded, EdgeChatError, ModelLoadError
 from edge_chat.system import physical_cores
@@ -23,7 +23,6 @@ from edge_chat.system import physical_cores
 if TYPE_CHECKING:
     from edge_chat.chat.params import SamplingParams
 
-DEFAULT_N_CTX = 4096
 #: prompt tokens evaluated per run (bounds the logits buffer: chunk x vocab floats)
 PROMPT_CHUNK = 256
 PROVIDER_ALIASES = {
@@ -126,8 +125,8 @@ class OnnxEngine:
         gen = _read_json(path / "generation_config.json")
         self._load_vocab(manifest, config, tcfg, gen, tok_spec)
         n_ctx_train = int(manifest.get("context_length") or config.get("max_position_embeddings")
-                          or DEFAULT_N_CTX)
-        self.n_ctx = int(n_ctx) if n_ctx else min(n_ctx_train, DEFAULT_N_CTX)
+                          or DEFAULT_MAX_CTX)
+        self.n_ctx = default_n_ctx(n_ctx_train, n_ctx)
         if self.n_ctx < 1:
             raise EdgeChatError(f"n_ctx must be positive, not {n_ctx}", param="n_ctx")
         from edge_chat.convert.common import path_size
@@ -257,7 +256,11 @@ class OnnxEngine:
             keep = min(keep, len(prompt) - 1)   # always evaluate one token for its logits
             self._truncate(keep)
             self.n_prompt_evaluated = len(prompt) - keep
-            logits = self._eval(prompt[keep:])
+            if keep < len(prompt) - 1:
+                # the last token on its own, as when the rest is cached: the same
+                # request gives the same answer whatever the cache held before
+                self._eval(prompt[keep:-1])
+            logits = self._eval(prompt[-1:])
         sampler = Sampler(params, context=prompt)
         while True:
             if self._cancel.is_set() or gen_id != self._gen_id:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_chat.chat.completion import ChatModel, Event
+from edge_chat.engines.base import default_n_ctx
 from edge_chat.engines import EngineOptions
 from edge_chat.errors import EdgeChatError, ModelNotFound
 from edge_chat.store import (
@@ -249,7 +250,10 @@ class ModelPool:
             except Exception:  # noqa: BLE001  a broken file still gets listed
                 row = {"format": "broken"}
             row["created"] = int(st.st_mtime)
-            row["context_length"] = row.pop("context", None)
+            # the window the server opens the model with (what a client must fit)
+            trained = row.pop("context", None)
+            row["context_length"] = default_n_ctx(trained, self.config.engine.n_ctx)
+            row["context_length_trained"] = trained
             self._meta[key] = row
         return self._meta[key]
 

@@ -195,7 +195,8 @@ def model_card(name: str, meta: dict, loaded: bool) -> dict:
     OpenAI clients)."""
     card = {"id": name, "object": "model", "created": int(meta.get("created") or 0),
             "owned_by": "edge_chat", "loaded": loaded}
-    for k in ("format", "quant", "arch", "context_length", "size_bytes"):
+    for k in ("format", "quant", "arch", "context_length", "context_length_trained", "size_bytes",
+              "chat_template"):
         if meta.get(k) is not None:
             card[k] = meta[k]
     return card
