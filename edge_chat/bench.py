@@ -127,6 +127,8 @@ def exact_prompt(model, n: int, filler: list[int]) -> list[int]:
     """A chat prompt of exactly `n` tokens: template head + filler + template tail."""
     head, tail = _frame(model)
     body = n - len(head) - len(tail)
+    if body > len(filler):
+        raise ValueError(f"filler of {len(filler)} tokens is too short for a {n}-token prompt")
     if body < 1:
         raise EdgeChatError(f"prompt length {n} is shorter than the chat template's own "
                             f"{len(head) + len(tail)} tokens", param="prompt_lengths")
@@ -201,7 +203,7 @@ class Runner:
         body = max(history - cfg.gen - len(head) - len(tail), 1)
         user1 = self.engine.detokenize(self.filler[:body])
         turns = []
-        for i in range(cfg.reps):
+        for _ in range(cfg.reps):
             if m.template is not None:
                 msgs1 = [{"role": "user", "content": user1}]
                 p1 = m.prepare(msgs1, self.params).tokens
@@ -258,7 +260,8 @@ def measure(path: str, cfg: BenchConfig, progress=None) -> dict:
         for n in cfg.prompt_lengths:
             say(f"{info.name}: prompt {n} tokens, {cfg.warmup}+{cfg.reps} runs")
             out["lengths"].append(runner.prompt_length(n))
-        say(f"{info.name}: second turn after ~{cfg.history} tokens of history")
+        if cfg.history:
+            say(f"{info.name}: second turn after ~{cfg.history} tokens of history")
         out["second_turn"] = runner.second_turn()
         out["peak_rss"] = peak_rss_bytes()
         return out
@@ -275,13 +278,33 @@ def _child_env() -> dict:
     return env
 
 
+def _cpu_seconds() -> tuple[float, float]:
+    """(busy CPU-seconds of the whole machine, CPU-seconds of our finished children)."""
+    import resource
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        busy = (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        busy = 0.0
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return busy, ru.ru_utime + ru.ru_stime
+
+
 def measure_in_child(path: str, cfg: BenchConfig, quiet: bool = False) -> dict:
+    """`measure` in a fresh process; adds `others_cpu`: the share of the machine's CPUs
+    other processes used meanwhile (above ~0.1 the numbers are noisy)."""
     spec = json.dumps({"path": path, "config": asdict(cfg), "quiet": quiet})
+    (busy0, kids0), t0 = _cpu_seconds(), time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "edge_chat.bench", "--child", spec],
-                          stdout=subprocess.PIPE, text=True, env=_child_env())
+                          stdout=subprocess.PIPE, text=True, env=_child_env(), check=False)
+    (busy1, kids1), wall = _cpu_seconds(), time.perf_counter() - t0
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
+            result = json.loads(line[len(RESULT_MARK):])
+            others = max(0.0, (busy1 - busy0) - (kids1 - kids0)) / (wall * (os.cpu_count() or 1))
+            result["others_cpu"] = round(others, 3) if busy1 else None
+            return result
     return {"model": path, "error": f"benchmark process exited with code {proc.returncode}"}
 
 
@@ -326,11 +349,28 @@ def table(results: list[dict]):
         for ln in r["lengths"]:
             speed.add_row(r["model"], str(ln["prompt_tokens"]), str(ln["gen_tokens"]),
                           _ms(ln["ttft"]), _tps(ln["prefill_tps"]), _tps(ln["decode_tps"]))
-    return Group(models, speed)
+    busy = [f"{r['model']} {r['others_cpu']:.0%}" for r in results
+            if (r.get("others_cpu") or 0) > 0.1]
+    note = ("[yellow]other processes kept the CPUs busy during the run "
+            f"({', '.join(busy)}): these numbers are noisy[/]") if busy else ""
+    return Group(models, speed, note)
+
+
+def _short(name: str, n: int = 22) -> str:
+    return name if len(name) <= n else name[:n // 2 - 1] + "…" + name[-(n // 2):]
+
+
+def require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise EdgeChatError("--plot needs matplotlib: pip install matplotlib "
+                            "(or the project's dev extra)", param="plot") from None
 
 
 def plot(results: list[dict], file: Path) -> Path:
     """Bars per model: prefill, decode, TTFT per prompt length; load, peak RSS, 2nd turn."""
+    require_matplotlib()
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -352,8 +392,9 @@ def plot(results: list[dict], file: Path) -> Path:
         ax.set_xticks([i + width * (len(ok) - 1) / 2 for i in range(len(lengths))])
         ax.set_xticklabels([f"{n} tok" for n in lengths])
         ax.set_title(title)
-    axes[0][0].legend(fontsize=8)
-    names = [r["model"] for r in ok]
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(ok), 4), fontsize=9)
+    names = [_short(r["model"]) for r in ok]
     axes[1][0].bar(names, [r["load_s"] for r in ok])
     axes[1][0].set_title("load time (s)")
     axes[1][1].bar(names, [r["peak_rss"] / 1e6 for r in ok], label="peak RSS")
@@ -365,12 +406,12 @@ def plot(results: list[dict], file: Path) -> Path:
         axes[1][2].bar([i + j * 0.4 for i in range(len(st))], [s[label]["median"] for _, s in st],
                        0.4, label=label.replace("_", " "))
     axes[1][2].set_xticks([i + 0.2 for i in range(len(st))])
-    axes[1][2].set_xticklabels([n for n, _ in st])
+    axes[1][2].set_xticklabels([_short(n) for n, _ in st])
     axes[1][2].set_title("TTFT (s): turn 1 vs turn 2 (prefix reuse)")
     axes[1][2].legend(fontsize=8)
     for ax in axes.flat:
         ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     file = Path(file)
     file.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(file, dpi=100)

@@ -360,11 +360,12 @@ def bench(
     import json
     from dataclasses import asdict
 
-    from edge_chat.bench import BenchConfig, bench_models, parse_lengths
+    from edge_chat.bench import BenchConfig, bench_models, parse_lengths, require_matplotlib, table
     from edge_chat.bench import plot as write_plot
-    from edge_chat.bench import table
     from edge_chat.store import resolve_model
     paths = [str(resolve_model(m)) for m in models]
+    if plot is not None:
+        require_matplotlib()
     opts = asdict(_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider))
     cfg = BenchConfig(prompt_lengths=parse_lengths(prompt_lengths), gen=gen, reps=reps,
                       history=history, chat_template=chat_template, options=opts)

@@ -26,6 +26,7 @@ def _check_result(r: dict, fmt: str) -> None:
     assert r["size_bytes"] > 0 and r["load_s"] > 0
     assert 0 < r["rss_before_load"] <= r["peak_rss"] and r["rss_after_load"] <= r["peak_rss"]
     assert r["threads"] >= 1
+    assert r["others_cpu"] is None or 0 <= r["others_cpu"] <= 1
     (ln,) = r["lengths"]
     assert ln["prompt_tokens"] == 32
     assert ln["n_prompt_evaluated"] == 32            # the cache was reset before the run
