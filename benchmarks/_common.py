@@ -138,3 +138,10 @@ def best(xs, key: str) -> float:
     """The least-disturbed run: highest tok/s, lowest TTFT."""
     xs = list(xs)
     return min(xs) if key == "ttft" else max(xs)
+
+
+def cell(xs, key: str) -> str:
+    """'median ±spread (best …)' for a table cell; TTFT in ms."""
+    scale, nd = (1000, 0) if key == "ttft" else (1, 1)
+    return (f"{med(xs) * scale:.{nd}f} {spread(xs)} (best {best(xs, key) * scale:.{nd}f})"
+            if xs else "-")

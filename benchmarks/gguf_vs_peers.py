@@ -25,8 +25,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from _common import (MB, best, cache_dir, machine, med, paired, print_rows, read_bandwidth,
-                     real_model, say, spread, verdict, wait_quiet)
+from _common import (MB, best, cell, cache_dir, machine, paired, print_rows, read_bandwidth,
+                     real_model, say, verdict, wait_quiet)
 
 from edge_chat.bench import BenchConfig, Runner, exact_prompt, measure_in_child  # noqa: E402
 
@@ -154,11 +154,6 @@ def main() -> None:
 
     def col(runs, key):
         return [x[key] for x in runs]
-
-    def cell(xs, key):
-        scale, nd = (1000, 0) if key == "ttft" else (1, 1)
-        return (f"{med(xs) * scale:.{nd}f} {spread(xs)} (best {best(xs, key) * scale:.{nd}f})"
-                if xs else "-")
 
     rows = []
     for key, label in (("decode_tps", "decode tok/s"), ("prefill_tps", "prefill tok/s"),
