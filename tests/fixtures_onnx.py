@@ -29,7 +29,7 @@ __all__ = ["ONNX_TEST_QUANTS", "tiny_onnx", "tiny_onnx_dirs"]
 
 def _converter_key() -> str:
     from importlib import metadata
-    srcs = [_REPO / "edge_chat" / "convert" / n for n in ("onnx.py", "common.py")]
+    srcs = [_REPO / "edge_chat" / "convert" / n for n in ("onnx.py", "onnx_graph.py", "common.py")]
     versions = [metadata.version(d) for d in ("onnxruntime", "optimum-onnx", "onnx")]
     return _hash(*(p.read_bytes() for p in srcs if p.is_file()),
                  *(v.encode() for v in versions))
