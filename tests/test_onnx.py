@@ -409,3 +409,21 @@ def test_sampler_seed_reproducible():
 
     assert seq(42) == seq(42)
     assert seq(42) != seq(43)
+
+
+def test_grouped_query_attention_does_not_copy_the_kv_cache(tiny_onnx):
+    """The export's repeat_kv (Expand of K and V to every head) is rewritten into
+    broadcasting MatMuls in every layer, and the manifest says so."""
+    import onnx
+    for quant, folder in tiny_onnx.items():
+        manifest = json.loads((folder / "edge_chat.json").read_text())
+        assert any("repeat_kv removed in 2 attention layers" in n for n in manifest["notes"]), quant
+        graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+        presents = {o.name for o in graph.output if o.name.startswith("present")}
+        producer = {o: n for n in graph.node for o in n.output}
+        copies = [n for n in graph.node if n.op_type == "Expand"
+                  and producer.get(n.input[0]) is not None
+                  and producer[n.input[0]].op_type == "Unsqueeze"
+                  and producer[n.input[0]].input[0] in presents]
+        assert presents and not copies, quant
+        assert not (folder / "model.onnx.orig").exists()
