@@ -166,6 +166,18 @@ class ChatModel:
                 usage = ev.usage or usage
         return Completion(choices, usage, prompt, stats)
 
+    def grammar_for(self, response_format: dict | None) -> str | None:
+        """The engine's grammar for an OpenAI `response_format` (None: plain text)."""
+        if response_format is None or (isinstance(response_format, dict)
+                                       and response_format.get("type") == "text"):
+            return None
+        build = getattr(self.engine, "grammar_for", None)
+        if build is None:
+            raise EdgeChatError(f"constrained output (response_format) is not supported by "
+                                f"the {self.info.format} engine; use a GGUF model",
+                                param="response_format")
+        return build(response_format)
+
     def cancel(self) -> None:
         self.engine.cancel()
 

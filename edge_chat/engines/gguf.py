@@ -228,6 +228,9 @@ class GGUFEngine:
         lse = mx[:, 0] + np.log(np.exp(logits - mx).sum(axis=1))
         return logits[np.arange(len(tokens) - 1), tokens[1:]] - lse
 
+    def grammar_for(self, response_format: dict) -> str | None:
+        return response_format_grammar(response_format)
+
     def cancel(self) -> None:
         self._cancel.set()
 

@@ -153,8 +153,6 @@ def create_app(config: ServerConfig) -> FastAPI:
     @v1.post("/chat/completions")
     async def chat_completions(request: Request):
         req, params = parse(ChatRequest, await request.body())
-        from edge_chat.engines.gguf import response_format_grammar
-        grammar = response_format_grammar(req.response_format)
         messages, tools = req.messages, req.tools
 
         def run(model: ChatModel) -> Iterator[Event]:
@@ -162,6 +160,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 raise EdgeChatError(f"the model '{model.info.name}' has no chat template: use "
                                     "/v1/completions, or start the server with --chat-template",
                                     param="model")
+            grammar = model.grammar_for(req.response_format)
             prompt = model.prepare(messages, params, tools)
             yield from model.stream(None, params, prompt=prompt, grammar=grammar)
 
