@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from edge_chat.errors import EdgeChatError
+from edge_chat.store import fmt_size
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Offline, quantized chat: convert, chat, serve, ui, models, bench.")
@@ -217,14 +218,6 @@ def serve(
 
 
 # -- models / info ------------------------------------------------------------
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return "?"
 
 
 @command
@@ -257,12 +250,12 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
         t.add_column(col)
     for r in rows:
         t.add_row(r["name"], r.get("format", "?"), str(r.get("quant", "")),
-                  _size(r.get("size_bytes")), str(r.get("arch", r.get("error", ""))),
+                  fmt_size(r.get("size_bytes")), str(r.get("arch", r.get("error", ""))),
                   str(r.get("context") or "?"), "yes" if r.get("chat_template") else "no")
     Console().print(t)
     free = shutil.disk_usage(root if root.exists() else Path.cwd()).free
-    _err(f"{len(rows)} model(s), {_size(sum(r.get('size_bytes') or 0 for r in rows))}; "
-         f"{_size(free)} free on disk")
+    _err(f"{len(rows)} model(s), {fmt_size(sum(r.get('size_bytes') or 0 for r in rows))}; "
+         f"{fmt_size(free)} free on disk")
 
 
 @command
@@ -278,7 +271,7 @@ def info(model: str = typer.Argument(..., help="A path or a name in the store.")
         return
     for k, v in row.items():
         if k == "size_bytes":
-            v = f"{_size(v)} ({v} bytes)"
+            v = f"{fmt_size(v)} ({v} bytes)"
         print(f"{k:14} {v}")
 
 
@@ -331,7 +324,7 @@ def rm(names: List[str] = typer.Argument(..., help="Names in the store."),
     paths = [find_in_store(n) for n in names]
     total = sum(path_size(p) for p in paths)
     if not yes and sys.stdin.isatty() and not typer.confirm(
-            f"remove {', '.join(model_name(p) for p in paths)} ({_size(total)})?"):
+            f"remove {', '.join(model_name(p) for p in paths)} ({fmt_size(total)})?"):
         raise typer.Exit(1)
     for p in paths:
         remove(p)

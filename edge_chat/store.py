@@ -86,6 +86,17 @@ def path_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def fmt_size(n: float | None) -> str:
+    """Bytes for people: '491.4 MB' (decimal units); None → '?'."""
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return "?"
+
+
 def model_name(path: Path) -> str:
     return path.name[:-5] if path.name.lower().endswith(".gguf") else path.name
 

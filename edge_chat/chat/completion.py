@@ -190,7 +190,7 @@ class ChatModel:
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         finish = "stop"
         t0 = time.perf_counter()
-        if grammar is not None and not getattr(engine, "supports_grammar", False):
+        if grammar is not None and not hasattr(engine, "grammar_for"):
             raise EdgeChatError(f"constrained output (response_format) is not supported by "
                                 f"the {self.info.format} engine; use a GGUF model",
                                 param="response_format")

@@ -11,17 +11,10 @@ from rich.table import Table
 
 from edge_chat.convert.common import ConvertResult, read_hf_config, resolve_source
 from edge_chat.errors import ConvertError
+from edge_chat.store import fmt_size
 
 TARGETS = ("gguf", "onnx")
 DEFAULT_QUANT = {"gguf": "q4_k_m", "onnx": "int4"}
-
-
-def fmt_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n:.0f} B"
-        n /= 1000
-    return str(n)
 
 
 def summary_table(r: ConvertResult) -> Table:

@@ -49,8 +49,6 @@ def p_ids(params: "SamplingParams", prompt: list[int]):
 class GGUFEngine:
     """One llama.cpp context. Not thread-safe: one generation at a time."""
 
-    supports_grammar = True
-
     def __init__(self, path: Path, *, n_ctx: int | None = None, threads: int | None = None,
                  gpu_layers: int | str | None = 0, vram: str | int | None = None,
                  kv_type: str = "f16", mmap: bool = True, verbose: bool = False):
