@@ -2,9 +2,12 @@
 count and thread count:
 
   * ours     — edge_chat's OnnxEngine through ChatModel, on the folder made by
-               `edge_chat convert HF --to onnx --quant int4`
-  * optimum  — optimum's ORTModelForCausalLM.generate on that very folder (same
-               model file: the difference is the generation loop around onnxruntime)
+               `edge_chat convert HF --to onnx --quant int4` (the fused graph)
+  * optimum  — optimum's ORTModelForCausalLM.generate on the folder made by
+               `edge_chat convert HF --to onnx --quant int4 --graph optimum`
+               (optimum's own export, int4 with the same quantizer; our repeat_kv
+               rewrite makes it faster than a stock optimum export, so the ratio is
+               conservative)
   * genai    — onnxruntime-genai with a model made by its own builder (int4, CPU) from
                the same HF folder. Its builder needs a newer transformers than
                optimum-onnx allows, so it lives in its own venv
@@ -73,48 +76,16 @@ def genai_model(hf: Path, py: Path) -> Path:
     return out
 
 
-def our_model(hf: Path, explicit: Path | None) -> Path:
+def our_model(hf: Path, explicit: Path | None, graph: str = "auto") -> Path:
     if explicit:
         return explicit
-    out = cache_dir() / "onnx" / f"{_key(hf)}-int4"
+    out = cache_dir() / "onnx" / f"{_key(hf)}-int4-{graph}"
     if not (out / "model.onnx").is_file():
         from edge_chat.convert.onnx import convert_to_onnx
-        say(f"edge_chat convert {hf} --to onnx --quant int4 -o {out} ...")
+        say(f"edge_chat convert {hf} --to onnx --quant int4 --graph {graph} -o {out} ...")
         out.parent.mkdir(parents=True, exist_ok=True)
-        convert_to_onnx(hf, "int4", out)
+        convert_to_onnx(hf, "int4", out, graph=graph)
     return out
-
-
-def engine_on_graph(gdir: Path, hf: Path, threads: int, gen: int):
-    """Diagnostic: our engine (through ChatModel) on onnxruntime-genai's model file
-    (GroupQueryAttention, fused norms and QKV), to tell the engine loop from the graph.
-    Its KV head size is a symbolic dim our engine would size 0: set it from config."""
-    import numpy as np
-
-    from edge_chat.engines import EngineOptions
-    from edge_chat.runtime import open_chat
-    folder = cache_dir() / "genai" / f"{gdir.name}-as-edge-chat"
-    folder.mkdir(exist_ok=True)
-    for f in ("model.onnx", "model.onnx.data", "tokenizer.json"):
-        if not (folder / f).exists():
-            (folder / f).symlink_to(gdir / f)
-    for f in ("config.json", "tokenizer_config.json", "generation_config.json",
-              "chat_template.jinja"):
-        if (hf / f).is_file() and not (folder / f).exists():
-            (folder / f).symlink_to(hf / f)
-    cfg = json.loads((hf / "config.json").read_text())
-    head = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    try:
-        m = open_chat(str(folder), EngineOptions(threads=threads), need_template=False)
-        e = m.engine
-        for n, arr in list(e._empty.items()):
-            if arr.shape[-1] == 0:
-                e._empty[n] = np.zeros(arr.shape[:-1] + (head,), arr.dtype)
-        e._reset_cache()
-        return Runner(m, BenchConfig(gen=gen))
-    except Exception as ex:  # a diagnostic only: never fail the benchmark for it
-        say(f"diagnostic run skipped: {ex}")
-        return None
 
 
 class Clock:
@@ -155,8 +126,6 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-genai", action="store_true", help="skip onnxruntime-genai")
-    ap.add_argument("--no-diag", action="store_true",
-                    help="skip the diagnostic run of our engine on genai's (fused) graph")
     a = ap.parse_args()
 
     import onnxruntime as ort
@@ -172,6 +141,7 @@ def main() -> None:
             a.hf = bench_hf()
     threads = a.threads or physical_cores()
     ours_dir = our_model(a.hf, a.onnx)
+    opt_dir = our_model(a.hf, None, "optimum")
     from edge_chat.convert.common import path_size
     size = path_size(ours_dir)
     print(f"# onnx_vs_peers: {a.hf.name} -> {ours_dir.name} ({size / MB:.0f} MB); prompt "
@@ -194,11 +164,11 @@ def main() -> None:
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     t = time.perf_counter()
-    opt = ORTModelForCausalLM.from_pretrained(ours_dir, provider="CPUExecutionProvider",
+    opt = ORTModelForCausalLM.from_pretrained(opt_dir, provider="CPUExecutionProvider",
                                               session_options=so, use_cache=True)
     opt_load = time.perf_counter() - t
 
-    genai = proc = diag = None
+    genai = proc = None
     if not a.no_genai:
         py = genai_python()
         gdir = genai_model(a.hf, py)
@@ -209,11 +179,9 @@ def main() -> None:
                                 stdout=subprocess.PIPE, text=True)
         genai = json.loads(proc.stdout.readline())
         genai["size"] = sum(p.stat().st_size for p in gdir.iterdir())
-        if not a.no_diag:
-            diag = engine_on_graph(gdir, a.hf, threads, a.gen)
 
     say("ours, optimum" + (", onnxruntime-genai" if proc else "") + ", interleaved run by run ...")
-    ours_runs, opt_runs, g_runs, d_runs = [], [], [], []
+    ours_runs, opt_runs, g_runs = [], [], []
     for i in range(a.reps + 1):                  # the first round is the warm-up
         wait_quiet()
         runner.reset_cache(tokens[0])
@@ -223,24 +191,17 @@ def main() -> None:
             proc.stdin.write("run\n")
             proc.stdin.flush()
             g = json.loads(proc.stdout.readline())
-        if diag:
-            diag.reset_cache(tokens[0])
-            d = diag.run(tokens)
         if i:
             ours_runs.append(o)
             opt_runs.append(p)
             if proc:
                 g_runs.append(g)
-            if diag:
-                d_runs.append(d)
     if proc:
         proc.stdin.close()
         proc.wait()
         genai["peak_rss"] = max(g["peak_rss"] for g in g_runs)
     del opt
     model.engine.close()
-    if diag:
-        diag.engine.close()
 
     def col(runs, key):
         return [x[key] for x in runs]
@@ -253,16 +214,15 @@ def main() -> None:
                        ("ttft", "TTFT ms")):
         o, p, g = col(ours_runs, key), col(opt_runs, key), col(g_runs, key)
         rows.append([label, cell(o, key), cell(p, key), cell(g, key), ratio(o, p, key),
-                     ratio(o, g, key), cell(col(d_runs, key), key)])
+                     ratio(o, g, key)])
     rows.append(["load s", f"{child['load_s']:.2f}", f"{opt_load:.2f}",
-                 f"{genai['load_s']:.2f}" if genai else "-", "", "", ""])
-    rows.append(["model MB", f"{size / MB:.0f}", f"{size / MB:.0f} (same file)",
-                 f"{genai['size'] / MB:.0f}" if genai else "-", "", "",
-                 "genai's file" if d_runs else ""])
+                 f"{genai['load_s']:.2f}" if genai else "-", "", ""])
+    rows.append(["model MB", f"{size / MB:.0f}", f"{path_size(opt_dir) / MB:.0f}",
+                 f"{genai['size'] / MB:.0f}" if genai else "-", "", ""])
     print_rows("speed (median ±half range (best) of the reps; ratios ours/peer: median of the "
                "per-round ratios / best vs best; TTFT: lower is better)",
                ["metric", "ours", "optimum", f"onnxruntime-genai {genai['version'] if genai else ''}",
-                "ours/optimum", "ours/genai", "diagnostic: our engine on genai's graph"], rows)
+                "ours/optimum", "ours/genai"], rows)
 
     vs_opt = paired(col(ours_runs, "decode_tps"), col(opt_runs, "decode_tps"))
     vs_g = paired(col(ours_runs, "decode_tps"), col(g_runs, "decode_tps"))

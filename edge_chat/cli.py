@@ -287,6 +287,9 @@ def convert(
                                              "all: every one."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output path."),
     block_size: int = typer.Option(32, "--block-size", help="onnx int4: quantization block size."),
+    graph: str = typer.Option("auto", "--graph",
+                              help="onnx: fused (onnxruntime's fused attention, Llama family), "
+                                   "optimum (plain ONNX ops, any architecture) or auto."),
     evaluate: Optional[bool] = typer.Option(None, "--eval/--no-eval",
                                             help="Perplexity of the source and the result "
                                                  "(default: on for a local folder)."),
@@ -298,7 +301,7 @@ def convert(
     """Convert a Hugging Face model to GGUF or ONNX, quantized."""
     from edge_chat.convert.run import run_convert
     from edge_chat.engines.gguf_file import parse_size
-    run_convert(src, to, quant, output, block_size, evaluate=evaluate, recommend=recommend,
+    run_convert(src, to, quant, output, block_size, graph=graph, evaluate=evaluate, recommend=recommend,
                 budget=parse_size(ram) if ram else None)
 
 

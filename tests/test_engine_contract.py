@@ -14,10 +14,12 @@ GREEDY = make_params(temperature=0)
 def _path(request, kind):
     if kind == "gguf":
         return request.getfixturevalue("tiny_gguf")["f16"]
+    if kind == "onnx-optimum":      # optimum's graph: the growing KV cache layout
+        return request.getfixturevalue("tiny_onnx_optimum")
     return request.getfixturevalue("tiny_onnx")["fp32"]
 
 
-@pytest.fixture(scope="module", params=["gguf", "onnx"])
+@pytest.fixture(scope="module", params=["gguf", "onnx", "onnx-optimum"])
 def model(request):
     m = open_chat(str(_path(request, request.param)))
     yield m

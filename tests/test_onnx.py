@@ -312,6 +312,16 @@ def test_convert_bad_inputs_leave_nothing(tiny_hf, tmp_path, store):
     assert "no tokenizer" in one_line(e)
     with pytest.raises(ConvertError):
         conv.convert_to_onnx(tmp_path / "missing", "int4")
+    with pytest.raises(ConvertError) as e:
+        conv.convert_to_onnx(tiny_hf, "int4", graph="turbo")
+    assert "auto, fused, optimum" in one_line(e)
+    gelu = tmp_path / "gelu"
+    shutil.copytree(tiny_hf, gelu)
+    cfg = json.loads((gelu / "config.json").read_text())
+    (gelu / "config.json").write_text(json.dumps({**cfg, "hidden_act": "gelu"}))
+    with pytest.raises(ConvertError) as e:
+        conv.convert_to_onnx(gelu, "int4", graph="fused")
+    assert "no fused ONNX graph" in one_line(e) and "--graph optimum" in one_line(e)
     assert_empty(store)
 
 
@@ -411,19 +421,68 @@ def test_sampler_seed_reproducible():
     assert seq(42) != seq(43)
 
 
-def test_grouped_query_attention_does_not_copy_the_kv_cache(tiny_onnx):
-    """The export's repeat_kv (Expand of K and V to every head) is rewritten into
-    broadcasting MatMuls in every layer, and the manifest says so."""
+def _graph(folder: Path):
     import onnx
+    return onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+
+
+def test_fused_graph_shares_the_kv_buffer(tiny_onnx, engines, tiny_qa):
+    """Every quant of a Llama-family model gets the fused graph: one GroupQueryAttention
+    per layer (rotary inside, q/k/v in one MatMul), fused norms, no KV concatenation;
+    the engine binds one buffer as past and present, so trimming the cache is free and
+    what lies past the kept positions is never read."""
     for quant, folder in tiny_onnx.items():
-        manifest = json.loads((folder / "edge_chat.json").read_text())
-        assert any("repeat_kv removed in 2 attention layers" in n for n in manifest["notes"]), quant
-        graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
-        presents = {o.name for o in graph.output if o.name.startswith("present")}
-        producer = {o: n for n in graph.node for o in n.output}
-        copies = [n for n in graph.node if n.op_type == "Expand"
-                  and producer.get(n.input[0]) is not None
-                  and producer[n.input[0]].op_type == "Unsqueeze"
-                  and producer[n.input[0]].input[0] in presents]
-        assert presents and not copies, quant
-        assert not (folder / "model.onnx.orig").exists()
+        m = json.loads((folder / "edge_chat.json").read_text())
+        assert m["graph"] == "fused" and m["kv_share_buffer"] is True, quant
+        ops = [n.op_type for n in _graph(folder).node]
+        assert ops.count("GroupQueryAttention") == m["n_layers"] == 2, quant
+        assert ops.count("SkipSimplifiedLayerNormalization") == 2 * m["n_layers"], quant
+        assert "Concat" not in ops and "Expand" not in ops, quant
+    eng = engines["fp32"]
+    long_p = eng.tokenize(chatml(tiny_qa[0].messages + [
+        {"role": "assistant", "content": tiny_qa[0].answer}] + tiny_qa[1].messages))
+    run(eng, long_p, temperature=0)
+    short_p = eng.tokenize(chatml(tiny_qa[2].messages))
+    got = run(eng, short_p, temperature=0)      # the cache is cut back, stale rows stay
+    with OnnxEngine(tiny_onnx["fp32"]) as fresh:
+        assert run(fresh, short_p, temperature=0) == got
+    assert eng.detokenize(got) == tiny_qa[2].answer
+
+
+def test_optimum_graph_does_not_copy_the_kv_cache(tiny_onnx_optimum, tiny_qa):
+    """--graph optimum: optimum's export, whose repeat_kv (Expand of K and V to every
+    head) is rewritten into broadcasting MatMuls in every layer; the engine grows the
+    KV cache run by run."""
+    folder = tiny_onnx_optimum
+    manifest = json.loads((folder / "edge_chat.json").read_text())
+    assert manifest["graph"] == "optimum" and "kv_share_buffer" not in manifest
+    assert any("repeat_kv removed in 2 attention layers" in n for n in manifest["notes"])
+    graph = _graph(folder)
+    assert "GroupQueryAttention" not in {n.op_type for n in graph.node}
+    presents = {o.name for o in graph.output if o.name.startswith("present")}
+    producer = {o: n for n in graph.node for o in n.output}
+    copies = [n for n in graph.node if n.op_type == "Expand"
+              and producer.get(n.input[0]) is not None
+              and producer[n.input[0]].op_type == "Unsqueeze"
+              and producer[n.input[0]].input[0] in presents]
+    assert presents and not copies
+    assert not (folder / "model.onnx.orig").exists()
+    with OnnxEngine(folder) as eng:
+        assert answer(eng, tiny_qa[0].messages) == tiny_qa[0].answer
+
+
+def test_fused_graph_falls_back_to_optimum_when_its_check_fails(tiny_hf, tmp_path, monkeypatch):
+    real = conv.write_fused_decoder
+
+    def wrong(model, cfg, out, data_file):      # a fused graph whose logits are off
+        real(model, {**cfg, "rms_norm_eps": 0.5}, out, data_file)
+
+    monkeypatch.setattr(conv, "write_fused_decoder", wrong)
+    res = conv.convert_to_onnx(tiny_hf, "fp32", tmp_path / "out")
+    m = json.loads((res.output / "edge_chat.json").read_text())
+    assert m["graph"] == "optimum" and m["export_max_abs_logit_diff"] <= conv.EXPORT_ATOL
+    assert any("no fused graph: its logits differ" in n for n in res.notes)
+    with pytest.raises(ConvertError) as e:      # asked for explicitly: an error instead
+        conv.convert_to_onnx(tiny_hf, "fp32", tmp_path / "out2", graph="fused")
+    assert "--graph optimum" in one_line(e)
+    assert not (tmp_path / "out2").exists()

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_chat.convert.onnx_build import fused_unsupported, write_fused_decoder
 from edge_chat.convert.onnx_graph import remove_repeat_kv
 from edge_chat.convert.common import (
     ConvertResult,
@@ -48,6 +49,7 @@ from edge_chat.convert.common import (
 from edge_chat.errors import ConvertError
 
 ONNX_QUANTS = ("fp32", "fp16", "int8", "int4")
+ONNX_GRAPHS = ("auto", "fused", "optimum")
 TASK = "text-generation-with-past"
 #: the exported fp32 model must match PyTorch's logits within this
 EXPORT_ATOL = 1e-3
@@ -65,12 +67,18 @@ def default_output(src: Path, quant: str) -> Path:
 
 
 def convert_to_onnx(src: Path, quant: str, out: Path | None = None, block_size: int = 32,
-                    progress: Progress = no_progress) -> ConvertResult:
-    """Export `src` (a local HF folder) to an ONNX folder at `out` and quantize it."""
+                    progress: Progress = no_progress, graph: str = "auto") -> ConvertResult:
+    """Export `src` (a local HF folder) to an ONNX folder at `out` and quantize it.
+    `graph`: "fused" (onnxruntime's fused attention/norm ops, Llama family only),
+    "optimum" (optimum's traced graph: plain ONNX ops, any architecture optimum knows) or
+    "auto" (fused where possible)."""
     t0 = time.monotonic()
     quant = str(quant).lower()
     if quant not in ONNX_QUANTS:
         raise ConvertError(f"unknown ONNX quant '{quant}': choose one of {', '.join(ONNX_QUANTS)}")
+    graph = str(graph).lower()
+    if graph not in ONNX_GRAPHS:
+        raise ConvertError(f"unknown ONNX graph '{graph}': choose one of {', '.join(ONNX_GRAPHS)}")
     if block_size < 16 or block_size & (block_size - 1):
         raise ConvertError(f"block_size must be a power of two >= 16, not {block_size}")
     src = Path(src).expanduser()
@@ -78,6 +86,9 @@ def convert_to_onnx(src: Path, quant: str, out: Path | None = None, block_size: 
         raise ConvertError(f"{src}: no such model folder")
     cfg = read_hf_config(src)
     arch = _check_arch(cfg)
+    if graph == "fused" and fused_unsupported(cfg):
+        raise ConvertError(f"no fused ONNX graph for this model ({fused_unsupported(cfg)}): "
+                           "use --graph optimum")
     if not any((src / f).is_file() for f in _TOKENIZER_FILES):
         raise ConvertError(f"{src} has no tokenizer (tokenizer.json or tokenizer.model): "
                            "copy the tokenizer files of the model into the folder")
@@ -98,41 +109,10 @@ def convert_to_onnx(src: Path, quant: str, out: Path | None = None, block_size: 
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
         ref = _torch_logits(model, sample)
-        progress("exporting with optimum", 0.15)
-        export_dir = work / "export"
-        try:
-            from optimum.exporters.onnx.convert import onnx_export_from_model
-            onnx_export_from_model(model, export_dir, task=TASK, do_validation=False)
-        except (ConvertError, KeyboardInterrupt):
-            raise
-        except Exception as e:
-            raise ConvertError(f"optimum could not export {arch} to ONNX: "
-                               f"{type(e).__name__}: {_first_line(e)}") from None
+        exported, diff, graph = _export(model, cfg, arch, work / "export", sample, ref,
+                                        notes, progress, graph)
         del model
         gc.collect()
-        exported = export_dir / "model.onnx"
-        if not exported.is_file():
-            raise ConvertError(f"optimum did not write a single decoder model.onnx for {arch}")
-
-        progress("checking the export against PyTorch", 0.5)
-        try:
-            n_gqa = remove_repeat_kv(exported, cfg)
-        except Exception:       # a graph it does not know: leave it alone
-            n_gqa = 0
-        try:
-            diff, _ = _compare(exported, sample, ref)
-        except Exception:
-            if not n_gqa:
-                raise
-            diff = float("inf")
-        if n_gqa and not diff <= EXPORT_ATOL:
-            # the rewrite is wrong for this graph: keep optimum's graph as it was
-            (export_dir / "model.onnx.orig").replace(exported)
-            notes.append(f"repeat_kv rewrite undone (logit diff {diff:.2e})")
-            n_gqa = 0
-            diff, _ = _compare(exported, sample, ref)
-        if n_gqa:
-            notes.append(f"repeat_kv removed in {n_gqa} attention layers (broadcasting MatMuls)")
         notes.append(f"export check: max |logit diff| ONNX fp32 vs PyTorch = {diff:.2e}")
         if not diff <= EXPORT_ATOL:
             raise ConvertError(f"export check failed: ONNX logits differ from PyTorch by "
@@ -155,12 +135,14 @@ def convert_to_onnx(src: Path, quant: str, out: Path | None = None, block_size: 
         manifest = {
             "format": "onnx", "quant": quant, "block_size": block_size if quant == "int4" else None,
             "source": str(src.resolve()), "source_bytes": src_bytes, "output_bytes": out_bytes,
-            "arch": arch, "n_layers": cfg.get("num_hidden_layers") or cfg.get("n_layer"),
+            "arch": arch, "graph": graph, "n_layers": cfg.get("num_hidden_layers") or cfg.get("n_layer"),
             "n_params": n_params, "context_length": n_ctx_train, **tok_info,
             "export_max_abs_logit_diff": diff, "quant_check": quant_check,
             "tools": _versions(), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(
                 timespec="seconds"), "notes": notes,
         }
+        if graph == "fused":
+            manifest["kv_share_buffer"] = True
         if quant == "int4":
             manifest["int4"] = {"matmul": "MatMulNBits", "embedding": "GatherBlockQuantized",
                                 "symmetric": True, "accuracy_level": INT4_ACCURACY_LEVEL}
@@ -170,6 +152,67 @@ def convert_to_onnx(src: Path, quant: str, out: Path | None = None, block_size: 
 
     return ConvertResult(output=out, format="onnx", quant=quant, source_bytes=src_bytes,
                          output_bytes=path_size(out), seconds=time.monotonic() - t0, notes=notes)
+
+
+# -- export ---------------------------------------------------------------------
+
+def _export(model, cfg: dict, arch: str, export_dir: Path, sample: list[int],
+            ref: np.ndarray, notes: list[str], progress: Progress,
+            graph: str) -> tuple[Path, float, str]:
+    """The fp32 decoder in `export_dir`: the fused graph where the architecture has one
+    and it passes the check (unless `graph` is "optimum"), else optimum's.
+    Returns (model.onnx, logit diff, graph)."""
+    export_dir.mkdir(parents=True, exist_ok=True)
+    exported = export_dir / "model.onnx"
+    why = "--graph optimum" if graph == "optimum" else fused_unsupported(cfg)
+    if why is None:
+        progress("writing the fused ONNX graph", 0.15)
+        write_fused_decoder(model, cfg, exported, DATA_FILE)
+        progress("checking the export against PyTorch", 0.45)
+        diff, _ = _compare(exported, sample, ref)
+        if diff <= EXPORT_ATOL:
+            notes.append("graph: fused (GroupQueryAttention with a shared KV buffer, "
+                         "SkipSimplifiedLayerNormalization)")
+            return exported, diff, "fused"
+        if graph == "fused":
+            raise ConvertError(f"export check failed: the fused graph's logits differ from "
+                               f"PyTorch by {diff:.2e} (> {EXPORT_ATOL:g}); try --graph optimum")
+        why = f"its logits differ from PyTorch by {diff:.2e}"
+        for f in export_dir.iterdir():
+            f.unlink()
+    why = "asked for" if graph == "optimum" else f"no fused graph: {why}"
+    notes.append(f"graph: optimum's export ({why})")
+    progress("exporting with optimum", 0.15)
+    try:
+        from optimum.exporters.onnx.convert import onnx_export_from_model
+        onnx_export_from_model(model, export_dir, task=TASK, do_validation=False)
+    except (ConvertError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        raise ConvertError(f"optimum could not export {arch} to ONNX: "
+                           f"{type(e).__name__}: {_first_line(e)}") from None
+    if not exported.is_file():
+        raise ConvertError(f"optimum did not write a single decoder model.onnx for {arch}")
+    progress("checking the export against PyTorch", 0.5)
+    try:
+        n_gqa = remove_repeat_kv(exported, cfg)
+    except Exception:       # a graph it does not know: leave it alone
+        n_gqa = 0
+    try:
+        diff, _ = _compare(exported, sample, ref)
+    except Exception:
+        if not n_gqa:
+            raise
+        diff = float("inf")
+    if n_gqa and not diff <= EXPORT_ATOL:
+        # the rewrite is wrong for this graph: keep optimum's graph as it was
+        (export_dir / "model.onnx.orig").replace(exported)
+        notes.append(f"repeat_kv rewrite undone (logit diff {diff:.2e})")
+        n_gqa = 0
+        diff, _ = _compare(exported, sample, ref)
+    if n_gqa:
+        notes.append(f"repeat_kv removed in {n_gqa} attention layers (broadcasting MatMuls)")
+    return exported, diff, "optimum"
 
 
 # -- checks ---------------------------------------------------------------------
@@ -332,8 +375,10 @@ def _write_quant(fp32: Path, dst: Path, quant: str, block_size: int) -> None:
     target = dst / "model.onnx"
     if quant == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
+        # shape inference cannot type the outputs of contrib ops (fused graph): say float
         quantize_dynamic(fp32, target, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul"], use_external_data_format=True)
+                         op_types_to_quantize=["MatMul"], use_external_data_format=True,
+                         extra_options={"DefaultTensorType": 1})
         return
     model = onnx.load(str(fp32))
     if quant == "fp16":

@@ -47,7 +47,7 @@ def _quants(to: str, quant: str | None) -> tuple[list[str], object]:
 
 
 def run_convert(src: str, to: str, quant: str | None, output: Path | None, block_size: int = 32,
-                *, evaluate: bool | None = None, recommend: bool = False,
+                *, graph: str = "auto", evaluate: bool | None = None, recommend: bool = False,
                 budget: int | None = None, console: Console | None = None) -> list[ConvertResult]:
     console = console or Console(stderr=True)
     to = to.lower()
@@ -56,7 +56,9 @@ def run_convert(src: str, to: str, quant: str | None, output: Path | None, block
     quants, convert = _quants(to, quant)
     if len(quants) > 1 and output is not None and not output.is_dir():
         raise ConvertError("with --quant all, -o must be an existing folder")
-    extra = {"block_size": block_size} if to == "onnx" else {}
+    if to != "onnx" and graph != "auto":
+        raise ConvertError("--graph applies to --to onnx only")
+    extra = {"block_size": block_size, "graph": graph} if to == "onnx" else {}
     local = Path(src).expanduser().exists()
     folder = resolve_source(src)
     evaluate = (local if evaluate is None else evaluate) or recommend

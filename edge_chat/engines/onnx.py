@@ -1,9 +1,15 @@
 """The ONNX engine: an exported decoder with past key/values run by onnxruntime.
 
 Imports only onnxruntime, tokenizers and numpy (never torch/transformers). The KV
-cache stays in onnxruntime OrtValues between steps and between calls: the present
-outputs of one run are bound as the past inputs of the next, and `generate` reuses
-the longest common prefix with the tokens already in the cache."""
+cache stays in onnxruntime OrtValues between steps and between calls, and `generate`
+reuses the longest common prefix with the tokens already in the cache. Two layouts:
+
+  * growing (optimum's graphs): the present outputs of one run, one position longer,
+    are bound as the past inputs of the next;
+  * shared (the fused GroupQueryAttention graph, manifest "kv_share_buffer"): one
+    buffer of n_ctx positions per layer is bound as both past input and present
+    output, the attention writes the new positions in place and reads the length
+    from the attention mask - no copy per step, and trimming the cache is free."""
 
 from __future__ import annotations
 
@@ -117,9 +123,10 @@ class OnnxEngine:
                                 "libraries or drivers?); use provider 'cpu'", param="provider")
         self.provider = providers[0]
         self._kv_device = _KV_DEVICE.get(self.provider, "cpu")
+        manifest = _read_json(path / "edge_chat.json")
+        self._shared_kv = bool(manifest.get("kv_share_buffer"))
         self._setup_io(model_file)
 
-        manifest = _read_json(path / "edge_chat.json")
         config = _read_json(path / "config.json")
         tcfg = _read_json(path / "tokenizer_config.json")
         gen = _read_json(path / "generation_config.json")
@@ -144,6 +151,7 @@ class OnnxEngine:
         self.n_prompt_evaluated = 0
         self._tokens: list[int] = []        # tokens whose keys/values are in the cache
         self._past: dict[str, object] = {}  # past input name -> OrtValue
+        self._io = None                      # shared layout: the binding kept across runs
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._gen_id = 0
@@ -167,6 +175,7 @@ class OnnxEngine:
             if pres not in outs:
                 raise ModelLoadError(f"{model_file} has {name} but no {pres} output")
             self._present[pres] = name
+        self._present_of = {past: pres for pres, past in self._present.items()}
         self._has_mask = "attention_mask" in inputs
         self._has_pos = "position_ids" in inputs
         self._ids_dtype = np.int32 if "int32" in inputs["input_ids"].type else np.int64
@@ -185,6 +194,10 @@ class OnnxEngine:
                     axis = k if axis is None else axis
             self._seq_axis[name] = axis if axis is not None else len(shape) - 2
             self._empty[name] = np.zeros(shape, dt)
+        if self._shared_kv and (self._has_pos or not self._has_mask or any(
+                a.ndim != 4 or a.shape[-1] == 0 for a in self._empty.values())):
+            raise ModelLoadError(f"{model_file} does not have the shared KV cache layout "
+                                 "its edge_chat.json announces")
 
     def _load_vocab(self, manifest: dict, config: dict, tcfg: dict, gen: dict,
                     spec: dict) -> None:
@@ -280,12 +293,26 @@ class OnnxEngine:
     def _reset_cache(self) -> None:
         import onnxruntime as ort
         self._tokens = []
+        if self._shared_kv:
+            if self._io is None:    # n_ctx positions per layer, bound once for good
+                self._io = self._sess.io_binding()
+                for name, a in self._empty.items():
+                    shape = list(a.shape)
+                    shape[self._seq_axis[name]] = self.n_ctx
+                    ov = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, a.dtype),
+                                                          self._kv_device, 0)
+                    self._io.bind_ortvalue_input(name, ov)
+                    self._io.bind_ortvalue_output(self._present_of[name], ov)
+            return
         self._past = {n: ort.OrtValue.ortvalue_from_numpy(a, self._kv_device, 0)
                       for n, a in self._empty.items()}
 
     def _truncate(self, n: int) -> None:
         """Keep the first `n` cached positions."""
         if n >= len(self._tokens):
+            return
+        if self._shared_kv:         # positions past the mask's length are never read
+            del self._tokens[n:]
             return
         if n == 0:
             self._reset_cache()
@@ -322,7 +349,7 @@ class OnnxEngine:
         for i in range(0, len(tokens), PROMPT_CHUNK):
             chunk = tokens[i:i + PROMPT_CHUNK]
             start, n = len(self._tokens), len(chunk)
-            io = self._sess.io_binding()
+            io = self._io if self._shared_kv else self._sess.io_binding()
             feeds = {"input_ids": np.array([chunk], dtype=self._ids_dtype)}
             if self._has_mask:
                 feeds["attention_mask"] = np.ones((1, start + n), dtype=np.int64)
@@ -330,19 +357,19 @@ class OnnxEngine:
                 feeds["position_ids"] = np.arange(start, start + n, dtype=np.int64)[None]
             for name, arr in feeds.items():
                 io.bind_cpu_input(name, arr)
-            for name, ov in self._past.items():
-                io.bind_ortvalue_input(name, ov)
-            io.bind_output("logits", "cpu")
-            presents = list(self._present)
+            presents = [] if self._shared_kv else list(self._present)
             for name in presents:
+                io.bind_ortvalue_input(self._present[name], self._past[self._present[name]])
                 io.bind_output(name, self._kv_device)
+            io.bind_output("logits", "cpu")
             self._sess.run_with_iobinding(io)
-            outs = io.get_outputs()
+            outs = io.get_outputs()      # in binding order: logits is bound last
+            out = outs[-1].numpy()[0]
             if all_rows:
-                rows.append(np.asarray(outs[0].numpy()[0], dtype=np.float32))
-            logits = np.asarray(outs[0].numpy()[0, -1], dtype=np.float32)
-            # the presents become the next past, kept as OrtValues (no copy)
-            self._past = {self._present[p]: ov for p, ov in zip(presents, outs[1:])}
+                rows.append(np.asarray(out, dtype=np.float32))
+            logits = np.asarray(out[-1], dtype=np.float32)
+            # growing layout: the presents become the next past, kept as OrtValues (no copy)
+            self._past.update({self._present[p]: ov for p, ov in zip(presents, outs)})
             self._tokens.extend(chunk)
         return np.concatenate(rows) if all_rows else logits
 
@@ -353,6 +380,7 @@ class OnnxEngine:
         self._gen_id += 1
         self._past = {}
         self._tokens = []
+        self._io = None
         self._sess = None
 
     def __enter__(self) -> OnnxEngine:

@@ -104,6 +104,10 @@ class Sampler:
 
     def sample(self, logits: np.ndarray) -> int:
         """The next token id (does not `accept` it)."""
+        p = self.params
+        if p.temperature == 0.0 and not p.logit_bias and p.repeat_penalty == 1.0 \
+                and not p.presence_penalty and not p.frequency_penalty:
+            return int(np.argmax(logits))       # plain greedy: nothing to adjust
         x = self.adjust(logits)
         if not np.isfinite(x).any():
             raise EdgeChatError("logit_bias banned every token", param="logit_bias")
