@@ -1,4 +1,4 @@
-"""Facts about this machine: cores, memory."""
+"""Facts about this machine (cores, memory) and a memory hint (huge pages)."""
 
 from __future__ import annotations
 
@@ -38,3 +38,83 @@ def available_memory() -> int:
     except OSError:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+# -- transparent huge pages ------------------------------------------------------
+
+_HUGE = 2 << 20
+_MADV_COLLAPSE = 25
+
+
+def anonymous_regions(min_bytes: int) -> list[tuple[int, int]]:
+    """(start, end) of this process's private, writable, anonymous mappings (the heap
+    included) of at least `min_bytes` (Linux; [] elsewhere)."""
+    found: list[tuple[int, int]] = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                head = line.split()
+                if len(head) >= 5 and head[1].startswith("rw") and head[1][3] == "p" \
+                        and (len(head) == 5 or head[5] == "[heap]"):
+                    start, end = (int(x, 16) for x in head[0].split("-"))
+                    if end - start >= min_bytes:
+                        found.append((start, end))
+    except (OSError, ValueError, IndexError):
+        return []
+    return found
+
+
+def huge_pages_available() -> bool:
+    """Whether the kernel can back anonymous memory with transparent huge pages."""
+    if os.environ.get("EDGE_CHAT_HUGEPAGES", "1") == "0":
+        return False
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
+def collapse_to_huge_pages(min_resident: float = 0.9):
+    """Move this process's filled anonymous memory onto 2 MiB transparent huge pages
+    (madvise MADV_COLLAPSE, Linux >= 6.1: synchronous, whatever the THP "enabled" mode
+    except never, and without marking the memory for later faults) in a background thread;
+    returns the thread, or None when huge pages are off. Weights read in full for every
+    token (an ONNX session's prepacked int4 matrices) then cost far fewer TLB misses:
+    ~5-10 % faster decoding on the machines we measured. Only 2 MiB blocks at least
+    `min_resident` resident (mincore) are collapsed, since a collapse commits the whole
+    block. Errors are ignored (a hint, not a requirement); EDGE_CHAT_HUGEPAGES=0 turns
+    it off."""
+    if not huge_pages_available():
+        return None
+    import ctypes
+    import threading
+
+    import numpy as np
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise, mincore = libc.madvise, libc.mincore
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    page = os.sysconf("SC_PAGE_SIZE")
+    per_block = _HUGE // page
+
+    def run() -> None:
+        for start, end in anonymous_regions(2 * _HUGE):
+            lo, hi = (start + _HUGE - 1) & ~(_HUGE - 1), end & ~(_HUGE - 1)
+            if hi <= lo:
+                continue
+            vec = np.zeros((hi - lo) // page, np.uint8)
+            if mincore(lo, hi - lo, vec.ctypes.data) != 0:
+                continue            # unmapped meanwhile
+            full = (vec & 1).reshape(-1, per_block).mean(axis=1) >= min_resident
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], full.astype(np.int8), [0]])))
+            for a, b in zip(edges[::2], edges[1::2]):     # runs of filled blocks
+                addr, size = lo + int(a) * _HUGE, int(b - a) * _HUGE
+                madvise(addr, size, _MADV_COLLAPSE)       # ctypes releases the GIL
+
+    t = threading.Thread(target=run, name="edge-chat-hugepages", daemon=True)
+    t.start()
+    return t

@@ -14,7 +14,7 @@ import pytest
 
 from edge_chat.chat.params import make_params
 from edge_chat.convert import onnx as conv
-from edge_chat.engines.onnx import OnnxEngine, select_providers, token_bytes_table
+from edge_chat.engines.onnx import OnnxEngine, TokenBytes, select_providers
 from edge_chat.engines.sampler import Sampler
 from edge_chat.errors import (
     ContextLengthExceeded,
@@ -188,12 +188,12 @@ def test_token_bytes_byte_level_bpe():
     tok.train_from_iterator(["héllo wörld 東京 tab\there"] * 5, trainers.BpeTrainer(
         vocab_size=300, special_tokens=["<|end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    spec = json.loads(tok.to_str())
     special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
-    table = token_bytes_table(tok, spec, tok.get_vocab_size(), special)
+    table = TokenBytes(tok, tok.get_vocab_size(), special)
     text = "héllo 東京\there wörld<|end|>"
     ids = tok.encode(text).ids
     assert b"".join(table[i] for i in ids) == "héllo 東京\there wörld".encode()
+    assert table[-1] == table[10**6] == b""
 
 
 def test_prefix_reuse_across_turns(tiny_onnx, engines, tiny_qa):

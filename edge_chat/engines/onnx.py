@@ -24,7 +24,7 @@ import numpy as np
 from edge_chat.engines.base import DEFAULT_MAX_CTX, ModelInfo, default_n_ctx
 from edge_chat.engines.sampler import Sampler
 from edge_chat.errors import ContextLengthExceeded, EdgeChatError, ModelLoadError
-from edge_chat.system import physical_cores
+from edge_chat.system import collapse_to_huge_pages, physical_cores
 
 if TYPE_CHECKING:
     from edge_chat.chat.params import SamplingParams
@@ -98,9 +98,7 @@ class OnnxEngine:
         from tokenizers import Tokenizer
 
         try:
-            tok_json = (path / "tokenizer.json").read_text(encoding="utf-8")
-            self._tok = Tokenizer.from_str(tok_json)
-            tok_spec = json.loads(tok_json)
+            self._tok = Tokenizer.from_file(str(path / "tokenizer.json"))
         except Exception as e:
             raise ModelLoadError(f"{path / 'tokenizer.json'} cannot be read: "
                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
@@ -122,6 +120,9 @@ class OnnxEngine:
             raise EdgeChatError(f"onnxruntime could not start {providers[0]} (missing GPU "
                                 "libraries or drivers?); use provider 'cpu'", param="provider")
         self.provider = providers[0]
+        # the session's prepacked weights onto huge pages (in the background)
+        self._huge_pages = collapse_to_huge_pages() if self.provider == \
+            "CPUExecutionProvider" else None
         self._kv_device = _KV_DEVICE.get(self.provider, "cpu")
         manifest = _read_json(path / "edge_chat.json")
         self._shared_kv = bool(manifest.get("kv_share_buffer"))
@@ -130,7 +131,7 @@ class OnnxEngine:
         config = _read_json(path / "config.json")
         tcfg = _read_json(path / "tokenizer_config.json")
         gen = _read_json(path / "generation_config.json")
-        self._load_vocab(manifest, config, tcfg, gen, tok_spec)
+        self._load_vocab(manifest, config, tcfg, gen)
         n_ctx_train = int(manifest.get("context_length") or config.get("max_position_embeddings")
                           or DEFAULT_MAX_CTX)
         self.n_ctx = default_n_ctx(n_ctx_train, n_ctx)
@@ -179,6 +180,9 @@ class OnnxEngine:
         self._has_mask = "attention_mask" in inputs
         self._has_pos = "position_ids" in inputs
         self._ids_dtype = np.int32 if "int32" in inputs["input_ids"].type else np.int64
+        logits_out = next(o for o in self._sess.get_outputs() if o.name == "logits")
+        self._logits_dtype = np.float16 if "float16" in logits_out.type else np.float32
+        self._logits_dim = logits_out.shape[-1] if isinstance(logits_out.shape[-1], int) else None
         # the empty past of each input: symbolic batch -> 1, the sequence axis -> 0
         self._empty, self._seq_axis = {}, {}
         for name, inp in self._past_inputs.items():
@@ -199,13 +203,12 @@ class OnnxEngine:
             raise ModelLoadError(f"{model_file} does not have the shared KV cache layout "
                                  "its edge_chat.json announces")
 
-    def _load_vocab(self, manifest: dict, config: dict, tcfg: dict, gen: dict,
-                    spec: dict) -> None:
+    def _load_vocab(self, manifest: dict, config: dict, tcfg: dict, gen: dict) -> None:
         tok = self._tok
         self.n_vocab = max(tok.get_vocab_size(with_added_tokens=True),
                            int(config.get("vocab_size") or 0))
         self._special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
-        self._bytes = token_bytes_table(tok, spec, self.n_vocab, self._special)
+        self._bytes = TokenBytes(tok, self.n_vocab, self._special)
         self._bos_token = manifest.get("bos_token", _token_str(tcfg.get("bos_token")))
         self._eos_token = manifest.get("eos_token", _token_str(tcfg.get("eos_token")))
         if "add_bos" in manifest:
@@ -235,7 +238,7 @@ class OnnxEngine:
         return self._tok.decode([int(t) for t in tokens], skip_special_tokens=True)
 
     def token_bytes(self, token: int) -> bytes:
-        return self._bytes[token] if 0 <= token < len(self._bytes) else b""
+        return self._bytes[token]
 
     def is_eog(self, token: int) -> bool:
         return token in self._eog
@@ -296,6 +299,9 @@ class OnnxEngine:
         if self._shared_kv:
             if self._io is None:    # n_ctx positions per layer, bound once for good
                 self._io = self._sess.io_binding()
+                self._logits_row = np.zeros((1, 1, self._logits_dim or self.n_vocab),
+                                            self._logits_dtype)
+                self._logits_ov = ort.OrtValue.ortvalue_from_numpy(self._logits_row)
                 for name, a in self._empty.items():
                     shape = list(a.shape)
                     shape[self._seq_axis[name]] = self.n_ctx
@@ -343,7 +349,7 @@ class OnnxEngine:
 
     def _eval(self, tokens: list[int], all_rows: bool = False) -> np.ndarray:
         """Run `tokens` after the cache; the logits row of the last one
-        (float32), or of every one with `all_rows`."""
+        (valid until the next run), or of every one (float32) with `all_rows`."""
         logits = None
         rows = []
         for i in range(0, len(tokens), PROMPT_CHUNK):
@@ -361,6 +367,13 @@ class OnnxEngine:
             for name in presents:
                 io.bind_ortvalue_input(self._present[name], self._past[self._present[name]])
                 io.bind_output(name, self._kv_device)
+            if self._shared_kv and n == 1:
+                # one token: ORT writes the row straight into our numpy buffer
+                io.bind_ortvalue_output("logits", self._logits_ov)
+                self._sess.run_with_iobinding(io)
+                self._tokens.extend(chunk)
+                logits = self._logits_row[0, 0]
+                continue
             io.bind_output("logits", "cpu")
             self._sess.run_with_iobinding(io)
             outs = io.get_outputs()      # in binding order: logits is bound last
@@ -427,28 +440,47 @@ def _types(node) -> set[str]:
     return found
 
 
-def token_bytes_table(tok, spec: dict, n_vocab: int, special: set[int]) -> list[bytes]:
-    """The bytes each token id adds to the output: byte-level BPE pieces mapped back
+def _component(obj) -> dict:
+    """The JSON of a tokenizers component (decoder, pre_tokenizer), {} if none."""
+    try:
+        return json.loads(obj.__getstate__()) if obj is not None else {}
+    except Exception:
+        return {}
+
+
+class TokenBytes:
+    """The bytes each token id adds to the output, worked out on first use (a table for
+    a 150k vocabulary takes ~0.7 s to build up front): byte-level BPE pieces mapped back
     through the GPT-2 byte<->unicode table; SentencePiece pieces with the metaspace
-    "\u2581" as a space and <0xNN> byte-fallback pieces as that byte; special tokens b""."""
-    kinds = _types(spec.get("decoder")) | _types(spec.get("pre_tokenizer"))
-    byte_level = "ByteLevel" in kinds
-    byte_fallback = bool((spec.get("model") or {}).get("byte_fallback")) or "ByteFallback" in kinds
-    added = {t.get("id"): t.get("content", "") for t in spec.get("added_tokens") or []}
-    u2b = {c: b for b, c in _byte_to_unicode().items()}
-    table: list[bytes] = []
-    for i in range(n_vocab):
-        piece = tok.id_to_token(i)
-        if piece is None or i in special:
-            table.append(b"")
-        elif i in added:                     # added tokens are stored as plain text
-            table.append(added[i].encode("utf-8"))
-        elif byte_level:
-            table.append(b"".join(bytes([u2b[c]]) if c in u2b else c.encode("utf-8")
-                                  for c in piece))
-        elif byte_fallback and len(piece) == 6 and piece.startswith("<0x") and piece[5] == ">" \
-                and all(c in "0123456789abcdefABCDEF" for c in piece[3:5]):
-            table.append(bytes([int(piece[3:5], 16)]))
-        else:
-            table.append(piece.replace("\u2581", " ").encode("utf-8"))
-    return table
+    "\u2581" as a space and <0xNN> byte-fallback pieces as that byte; added tokens as
+    their text; special tokens and ids outside the vocabulary b""."""
+
+    def __init__(self, tok, n_vocab: int, special: set[int]):
+        kinds = _types(_component(tok.decoder)) | _types(_component(tok.pre_tokenizer))
+        self._tok, self._n, self._special = tok, n_vocab, special
+        self._byte_level = "ByteLevel" in kinds
+        self._byte_fallback = bool(getattr(tok.model, "byte_fallback", False)) \
+            or "ByteFallback" in kinds
+        self._added = {i: t.content for i, t in tok.get_added_tokens_decoder().items()}
+        self._u2b = {c: b for b, c in _byte_to_unicode().items()}
+        self._cache: dict[int, bytes] = {}
+
+    def __getitem__(self, i: int) -> bytes:
+        got = self._cache.get(i)
+        if got is None:
+            got = self._cache[i] = self._bytes(i)
+        return got
+
+    def _bytes(self, i: int) -> bytes:
+        piece = self._tok.id_to_token(i) if 0 <= i < self._n else None
+        if piece is None or i in self._special:
+            return b""
+        if i in self._added:                     # added tokens are stored as plain text
+            return self._added[i].encode("utf-8")
+        if self._byte_level:
+            u2b = self._u2b
+            return b"".join(bytes([u2b[c]]) if c in u2b else c.encode("utf-8") for c in piece)
+        if self._byte_fallback and len(piece) == 6 and piece.startswith("<0x") \
+                and piece[5] == ">" and all(c in "0123456789abcdefABCDEF" for c in piece[3:5]):
+            return bytes([int(piece[3:5], 16)])
+        return piece.replace("\u2581", " ").encode("utf-8")
