@@ -434,8 +434,10 @@ def test_fused_graph_shares_the_kv_buffer(tiny_onnx, engines, tiny_qa):
     for quant, folder in tiny_onnx.items():
         m = json.loads((folder / "edge_chat.json").read_text())
         assert m["graph"] == "fused" and m["kv_share_buffer"] is True, quant
-        ops = [n.op_type for n in _graph(folder).node]
+        graph = _graph(folder)
+        ops = [n.op_type for n in graph.node]
         assert ops.count("GroupQueryAttention") == m["n_layers"] == 2, quant
+        assert "logits_to_keep" in {i.name for i in graph.input}, quant
         assert ops.count("SkipSimplifiedLayerNormalization") == 2 * m["n_layers"], quant
         assert "Concat" not in ops and "Expand" not in ops, quant
     eng = engines["fp32"]

@@ -4,7 +4,7 @@ The decoder with past key/values is exported by optimum (task
 ``text-generation-with-past``) and checked against PyTorch; the weights are then
 quantized with onnxruntime's own tools:
 
-  * int8: dynamic quantization of the MatMul weights (MatMulInteger), int8 per tensor;
+  * int8: dynamic quantization of the MatMul weights (MatMulInteger), int8 per channel;
   * int4: MatMulNBits (block-wise, symmetric, ``block_size`` weights per block, int8
     activations on CPU) for the MatMuls, and the embedding table block-quantized to
     4 bits too (GatherBlockQuantized, blocks along the hidden axis), since for real
@@ -359,6 +359,8 @@ def _compare(model_path: Path, ids: list[int], ref: np.ndarray) -> tuple[float, 
             feeds["attention_mask"] = np.ones((1, start + len(part)), np.int64)
         if "position_ids" in names:
             feeds["position_ids"] = np.arange(start, start + len(part), dtype=np.int64)[None]
+        if "logits_to_keep" in names:
+            feeds["logits_to_keep"] = np.array([len(part)], np.int64)
         res = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
         outs.append(res["logits"][0].astype(np.float32))
         past = {k.replace("present", "past_key_values", 1): v for k, v in res.items()
@@ -376,7 +378,9 @@ def _write_quant(fp32: Path, dst: Path, quant: str, block_size: int) -> None:
     if quant == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
         # shape inference cannot type the outputs of contrib ops (fused graph): say float
-        quantize_dynamic(fp32, target, weight_type=QuantType.QInt8,
+        # per-channel weight scales: Qwen2.5-0.5B's top-1 agreement with PyTorch goes
+        # from 49 % (per tensor) to 73 %
+        quantize_dynamic(fp32, target, weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul"], use_external_data_format=True,
                          extra_options={"DefaultTensorType": 1})
         return

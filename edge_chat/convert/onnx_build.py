@@ -16,7 +16,9 @@ writes the graph onnxruntime has fused kernels for instead:
 
 The inputs and outputs are optimum's (input_ids, attention_mask,
 past_key_values.N.key/value -> logits, present.N.key/value), so the same checks and the
-same quantizers apply. Positions come from the attention mask (no position_ids)."""
+same quantizers apply, plus `logits_to_keep` ([1] int64): the logits of only the last
+that many positions are computed (1 while generating; all of them for perplexity).
+Positions come from the attention mask (no position_ids)."""
 
 from __future__ import annotations
 
@@ -148,6 +150,12 @@ def write_fused_decoder(model, cfg: dict, out: Path, data_file: str) -> None:
         h, residual = skip_norm(residual, down, nxt, f"layers.{i + 1}/input_norm"
                                 if i + 1 < n_layers else "final_norm")
 
+    # logits of the last `logits_to_keep` positions only: generation needs one row, and
+    # the vocabulary projection of a whole prompt chunk is a large part of prefill
+    init("axis_seq", np.array([1], np.int64))
+    init("int64_max", np.array([np.iinfo(np.int64).max], np.int64))
+    node("Neg", ["logits_to_keep"], ["keep_start"])
+    h = node("Slice", [h, "keep_start", "int64_max", "axis_seq"], ["kept_hidden"])[0]
     head = "lm_head.weight" if "lm_head.weight" in sd else "model.embed_tokens.weight"
     node("MatMul", [h, init("lm_head.weight.T", sd[head].T)], ["logits"])
 
@@ -157,9 +165,10 @@ def write_fused_decoder(model, cfg: dict, out: Path, data_file: str) -> None:
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64,
                                             ["batch_size", "sequence_length"]),
               helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
-                                            ["batch_size", "total_sequence_length"])]
+                                            ["batch_size", "total_sequence_length"]),
+              helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, [1])]
     outputs = [helper.make_tensor_value_info("logits", f32,
-                                             ["batch_size", "sequence_length", vocab])]
+                                             ["batch_size", "logits_length", vocab])]
     for i in range(n_layers):
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f32,

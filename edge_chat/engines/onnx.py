@@ -179,6 +179,7 @@ class OnnxEngine:
         self._present_of = {past: pres for pres, past in self._present.items()}
         self._has_mask = "attention_mask" in inputs
         self._has_pos = "position_ids" in inputs
+        self._has_keep = "logits_to_keep" in inputs     # fused graph: only the rows asked for
         self._ids_dtype = np.int32 if "int32" in inputs["input_ids"].type else np.int64
         logits_out = next(o for o in self._sess.get_outputs() if o.name == "logits")
         self._logits_dtype = np.float16 if "float16" in logits_out.type else np.float32
@@ -361,6 +362,8 @@ class OnnxEngine:
                 feeds["attention_mask"] = np.ones((1, start + n), dtype=np.int64)
             if self._has_pos:
                 feeds["position_ids"] = np.arange(start, start + n, dtype=np.int64)[None]
+            if self._has_keep:
+                feeds["logits_to_keep"] = np.array([n if all_rows else 1], np.int64)
             for name, arr in feeds.items():
                 io.bind_cpu_input(name, arr)
             presents = [] if self._shared_kv else list(self._present)
