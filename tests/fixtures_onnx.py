@@ -31,7 +31,8 @@ __all__ = ["ONNX_TEST_QUANTS", "tiny_onnx", "tiny_onnx_dirs", "tiny_onnx_optimum
 
 def _converter_key() -> str:
     from importlib import metadata
-    srcs = [_REPO / "edge_chat" / "convert" / n for n in ("onnx.py", "onnx_build.py", "onnx_graph.py", "common.py")]
+    conv = _REPO / "edge_chat" / "convert"
+    srcs = [*sorted(conv.glob("onnx*.py")), conv / "common.py"]
     versions = [metadata.version(d) for d in ("onnxruntime", "optimum-onnx", "onnx")]
     return _hash(*(p.read_bytes() for p in srcs if p.is_file()),
                  *(v.encode() for v in versions))

@@ -16,7 +16,8 @@ __all__ = ["real_qwen_converted"]
 
 def _key(hf: Path) -> str:
     from importlib import metadata
-    srcs = [_REPO / "edge_chat" / "convert" / n for n in ("gguf.py", "onnx.py", "onnx_build.py", "onnx_graph.py", "common.py")]
+    conv = _REPO / "edge_chat" / "convert"
+    srcs = [*sorted(conv.glob("onnx*.py")), conv / "gguf.py", conv / "common.py"]
     versions = [metadata.version(d) for d in ("llama-cpp-python", "onnxruntime", "optimum-onnx")]
     return _hash(*(p.read_bytes() for p in srcs if p.is_file()),
                  *(v.encode() for v in versions), (hf / "config.json").read_bytes())

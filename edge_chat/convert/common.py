@@ -96,3 +96,9 @@ def temp_dir(near: Path) -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (tools' errors can be pages long)."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:300] if lines else ""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
-import json
 import logging
 import os
 import time
@@ -34,10 +33,12 @@ import numpy as np
 
 from edge_chat.convert.onnx_build import fused_unsupported, write_fused_decoder
 from edge_chat.convert.onnx_graph import remove_repeat_kv
+from edge_chat.convert.onnx_tokenizer import TOKENIZER_FILES, sample_ids, save_tokenizer
 from edge_chat.convert.common import (
     ConvertResult,
     Progress,
     atomic_path,
+    first_line,
     model_basename,
     no_progress,
     path_size,
@@ -56,9 +57,6 @@ EXPORT_ATOL = 1e-3
 DATA_FILE = "model.onnx.data"
 #: MatMulNBits accuracy_level: 4 = int8 activations on CPU (faster; GPUs ignore it)
 INT4_ACCURACY_LEVEL = 4
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
-_SAMPLE = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
-_SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog. 1, 2, 3: hello!"
 
 
 def default_output(src: Path, quant: str) -> Path:
@@ -89,7 +87,7 @@ def convert_to_onnx(src: Path, quant: str, out: Path | None = None, block_size: 
     if graph == "fused" and fused_unsupported(cfg):
         raise ConvertError(f"no fused ONNX graph for this model ({fused_unsupported(cfg)}): "
                            "use --graph optimum")
-    if not any((src / f).is_file() for f in _TOKENIZER_FILES):
+    if not any((src / f).is_file() for f in TOKENIZER_FILES):
         raise ConvertError(f"{src} has no tokenizer (tokenizer.json or tokenizer.model): "
                            "copy the tokenizer files of the model into the folder")
     out = Path(out).expanduser() if out is not None else default_output(src, quant)
@@ -100,8 +98,8 @@ def convert_to_onnx(src: Path, quant: str, out: Path | None = None, block_size: 
 
     with atomic_path(out, is_dir=True) as tmp, temp_dir(out.parent) as work, _quiet():
         progress("tokenizer", 0.0)
-        tok, tok_info = _save_tokenizer(src, tmp, notes)
-        sample = _sample_ids(tok)
+        tok, tok_info = save_tokenizer(src, tmp, notes)
+        sample = sample_ids(tok)
         progress("loading the PyTorch model", 0.05)
         model = _load_model(src)
         n_params = sum(p.numel() for p in model.parameters())
@@ -190,7 +188,7 @@ def _export(model, cfg: dict, arch: str, export_dir: Path, sample: list[int],
         raise
     except Exception as e:
         raise ConvertError(f"optimum could not export {arch} to ONNX: "
-                           f"{type(e).__name__}: {_first_line(e)}") from None
+                           f"{type(e).__name__}: {first_line(e)}") from None
     if not exported.is_file():
         raise ConvertError(f"optimum did not write a single decoder model.onnx for {arch}")
     progress("checking the export against PyTorch", 0.5)
@@ -241,82 +239,6 @@ def _known_archs() -> str:
     return ", ".join(sorted(names)[:40]) + (", ..." if len(names) > 40 else "")
 
 
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip().splitlines()
-    return s[0][:300] if s else ""
-
-
-# -- tokenizer --------------------------------------------------------------------
-
-def _save_tokenizer(src: Path, dst: Path, notes: list[str]):
-    """Fast tokenizer of `src` saved to `dst` (tokenizer.json made from tokenizer.model if
-    needed, chat template inside tokenizer_config.json); returns (tokenizer, manifest keys)."""
-    from transformers import AutoTokenizer
-    try:
-        tok = AutoTokenizer.from_pretrained(str(src), use_fast=True)
-    except Exception as e:
-        raise ConvertError(f"cannot load the tokenizer of {src}: {type(e).__name__}: "
-                           f"{_first_line(e)}") from None
-    if not getattr(tok, "is_fast", False):
-        raise ConvertError(f"the tokenizer of {src} has no fast (tokenizer.json) version")
-    tok.save_pretrained(str(dst), save_jinja_files=False)
-    if not (dst / "tokenizer.json").is_file():
-        raise ConvertError(f"could not write tokenizer.json for {src}")
-    if not (src / "tokenizer.json").is_file():
-        notes.append("tokenizer.json made from tokenizer.model (transformers fast conversion)")
-        _compare_slow_fast(src, tok, notes)
-    if not tok.chat_template:
-        notes.append("the model has no chat template")
-    cfg_path = dst / "tokenizer_config.json"
-    tcfg = json.loads(cfg_path.read_text())
-    if tok.chat_template and not tcfg.get("chat_template"):
-        tcfg["chat_template"] = tok.chat_template
-        cfg_path.write_text(json.dumps(tcfg, indent=2, ensure_ascii=False) + "\n")
-    eos_ids = _eos_ids(src, tok)
-    probe = tok("hello", add_special_tokens=True)["input_ids"]
-    add_bos = tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id]
-    return tok, {"bos_token": tok.bos_token or "", "eos_token": tok.eos_token or "",
-                 "bos_id": tok.bos_token_id, "eos_ids": eos_ids, "add_bos": add_bos,
-                 "vocab_size": len(tok)}
-
-
-def _compare_slow_fast(src: Path, fast, notes: list[str]) -> None:
-    from transformers import AutoTokenizer
-    try:
-        slow = AutoTokenizer.from_pretrained(str(src), use_fast=False)
-    except Exception:
-        return
-    texts = [_SAMPLE_TEXT, " Two  spaces\nand a line. Café 東京"]
-    bad = [t for t in texts if slow(t, add_special_tokens=False)["input_ids"]
-           != fast(t, add_special_tokens=False)["input_ids"]]
-    if bad:
-        notes.append(f"warning: the converted tokenizer.json splits {len(bad)} sample text(s) "
-                     "differently from tokenizer.model")
-
-
-def _eos_ids(src: Path, tok) -> list[int]:
-    ids: list[int] = []
-    for name in ("generation_config.json", "config.json"):
-        p = src / name
-        if p.is_file():
-            v = json.loads(p.read_text()).get("eos_token_id")
-            ids += v if isinstance(v, list) else [v] if isinstance(v, int) else []
-    if tok.eos_token_id is not None:
-        ids.append(tok.eos_token_id)
-    return sorted(set(ids))
-
-
-def _sample_ids(tok) -> list[int]:
-    text = _SAMPLE_TEXT
-    if tok.chat_template:
-        try:
-            text = tok.apply_chat_template(_SAMPLE, tokenize=False, add_generation_prompt=True)
-        except Exception:
-            pass
-    ids = tok(text, add_special_tokens=True)["input_ids"]
-    return ids[:64] if len(ids) >= 4 else (ids + tok(_SAMPLE_TEXT)["input_ids"])[:64]
-
-
 # -- model, check ----------------------------------------------------------------
 
 def _load_model(src: Path):
@@ -326,7 +248,7 @@ def _load_model(src: Path):
         model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
     except Exception as e:
         raise ConvertError(f"cannot load {src} with transformers: {type(e).__name__}: "
-                           f"{_first_line(e)}") from None
+                           f"{first_line(e)}") from None
     return model.eval()
 
 

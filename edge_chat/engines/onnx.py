@@ -13,7 +13,6 @@ reuses the longest common prefix with the tokens already in the cache. Two layou
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_chat.engines.base import DEFAULT_MAX_CTX, ModelInfo, default_n_ctx
+from edge_chat.engines.onnx_vocab import Vocab, read_json
 from edge_chat.engines.sampler import Sampler
 from edge_chat.errors import ContextLengthExceeded, EdgeChatError, ModelLoadError
 from edge_chat.system import collapse_to_huge_pages, physical_cores
@@ -43,11 +43,6 @@ PROVIDER_ALIASES = {
 _KV_DEVICE = {"CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
 #: providers that do not compute locally
 _NOT_LOCAL = {"AzureExecutionProvider"}
-#: end-of-turn tokens of common chat formats (EOG when present as special tokens)
-EOG_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<end_of_turn>",
-              "<|endoftext|>", "<|end|>", "</s>", "<|return|>")
-
-
 def select_providers(provider: str, available: Sequence[str] | None = None) -> list[str]:
     """onnxruntime providers for `provider` ("cpu", "cuda", "directml", ... or a full
     name like "CUDAExecutionProvider"), CPU last as fallback for unsupported nodes.
@@ -68,19 +63,6 @@ def select_providers(provider: str, available: Sequence[str] | None = None) -> l
     return [match] if match == "CPUExecutionProvider" else [match, "CPUExecutionProvider"]
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{path} is not valid JSON: {e}") from None
-
-
-def _token_str(v) -> str:
-    if isinstance(v, dict):
-        return v.get("content") or ""
-    return v if isinstance(v, str) else ""
-
-
 class OnnxEngine:
     """Engine over an ONNX model folder made by `convert_to_onnx` (or optimum)."""
 
@@ -95,13 +77,10 @@ class OnnxEngine:
                                  "'edge_chat convert ... --to onnx' to make one")
         providers = select_providers(provider)
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
-        try:
-            self._tok = Tokenizer.from_file(str(path / "tokenizer.json"))
-        except Exception as e:
-            raise ModelLoadError(f"{path / 'tokenizer.json'} cannot be read: "
-                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        manifest = read_json(path / "edge_chat.json")
+        config = read_json(path / "config.json")
+        self.vocab = Vocab(path, manifest, config)
         self.threads = threads or physical_cores()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -124,30 +103,26 @@ class OnnxEngine:
         self._huge_pages = collapse_to_huge_pages() if self.provider == \
             "CPUExecutionProvider" else None
         self._kv_device = _KV_DEVICE.get(self.provider, "cpu")
-        manifest = _read_json(path / "edge_chat.json")
         self._shared_kv = bool(manifest.get("kv_share_buffer"))
         self._setup_io(model_file)
-
-        config = _read_json(path / "config.json")
-        tcfg = _read_json(path / "tokenizer_config.json")
-        gen = _read_json(path / "generation_config.json")
-        self._load_vocab(manifest, config, tcfg, gen)
+        self.n_vocab = self.vocab.n_vocab
         n_ctx_train = int(manifest.get("context_length") or config.get("max_position_embeddings")
                           or DEFAULT_MAX_CTX)
         self.n_ctx = default_n_ctx(n_ctx_train, n_ctx)
         if self.n_ctx < 1:
             raise EdgeChatError(f"n_ctx must be positive, not {n_ctx}", param="n_ctx")
-        from edge_chat.convert.common import path_size
+        from edge_chat.store import path_size
         self.info = ModelInfo(
             name=path.name, path=path, format="onnx",
             arch=manifest.get("arch") or config.get("model_type") or "unknown",
             quant=manifest.get("quant") or "unknown", n_ctx_train=n_ctx_train, n_ctx=self.n_ctx,
-            size_bytes=path_size(path), chat_template=_chat_template(path, tcfg),
-            bos_token=self._bos_token, eos_token=self._eos_token, add_bos=self._add_bos,
+            size_bytes=path_size(path), chat_template=self.vocab.chat_template,
+            bos_token=self.vocab.bos_token, eos_token=self.vocab.eos_token,
+            add_bos=self.vocab.add_bos,
             n_params=manifest.get("n_params"),
             n_layers=manifest.get("n_layers") or config.get("num_hidden_layers"),
             extra={"provider": self.provider, "threads": self.threads,
-                   "eog_ids": sorted(self._eog), "n_vocab": self.n_vocab},
+                   "eog_ids": sorted(self.vocab.eog), "n_vocab": self.n_vocab},
         )
         self.n_prompt_evaluated = 0
         self._tokens: list[int] = []        # tokens whose keys/values are in the cache
@@ -204,45 +179,19 @@ class OnnxEngine:
             raise ModelLoadError(f"{model_file} does not have the shared KV cache layout "
                                  "its edge_chat.json announces")
 
-    def _load_vocab(self, manifest: dict, config: dict, tcfg: dict, gen: dict) -> None:
-        tok = self._tok
-        self.n_vocab = max(tok.get_vocab_size(with_added_tokens=True),
-                           int(config.get("vocab_size") or 0))
-        self._special = {i for i, t in tok.get_added_tokens_decoder().items() if t.special}
-        self._bytes = TokenBytes(tok, self.n_vocab, self._special)
-        self._bos_token = manifest.get("bos_token", _token_str(tcfg.get("bos_token")))
-        self._eos_token = manifest.get("eos_token", _token_str(tcfg.get("eos_token")))
-        if "add_bos" in manifest:
-            self._add_bos = bool(manifest["add_bos"])
-        else:
-            self._add_bos = bool(tcfg.get("add_bos_token", False)) and bool(self._bos_token)
-        self._bos_id = tok.token_to_id(self._bos_token) if self._bos_token else None
-        eog: set[int] = set(manifest.get("eos_ids") or [])
-        for src in (gen, config):
-            v = src.get("eos_token_id")
-            eog.update(v if isinstance(v, list) else [v] if isinstance(v, int) else [])
-        for t in (self._eos_token, *EOG_TOKENS):
-            i = tok.token_to_id(t) if t else None
-            if i is not None and (t == self._eos_token or i in self._special):
-                eog.add(i)
-        self._eog = frozenset(eog)
-
     # -- tokens ----------------------------------------------------------------
 
     def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
-        ids = self._tok.encode(text, add_special_tokens=False).ids
-        if add_bos and self._bos_id is not None:
-            ids = [self._bos_id] + ids
-        return ids
+        return self.vocab.tokenize(text, add_bos)
 
     def detokenize(self, tokens: list[int]) -> str:
-        return self._tok.decode([int(t) for t in tokens], skip_special_tokens=True)
+        return self.vocab.detokenize(tokens)
 
     def token_bytes(self, token: int) -> bytes:
-        return self._bytes[token]
+        return self.vocab.token_bytes[token]
 
     def is_eog(self, token: int) -> bool:
-        return token in self._eog
+        return token in self.vocab.eog
 
     # -- generation ------------------------------------------------------------
 
@@ -285,7 +234,7 @@ class OnnxEngine:
             token = sampler.sample(logits)
             sampler.accept(token)
             yield token
-            if token in self._eog or self._cancel.is_set() or gen_id != self._gen_id:
+            if token in self.vocab.eog or self._cancel.is_set() or gen_id != self._gen_id:
                 return
             if len(self._tokens) + 1 > self.n_ctx:
                 return      # context full: the caller sees no EOG (finish_reason "length")
@@ -404,86 +353,3 @@ class OnnxEngine:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _chat_template(path: Path, tcfg: dict) -> str | None:
-    t = tcfg.get("chat_template")
-    if isinstance(t, list):     # named templates: take "default"
-        t = next((x.get("template") for x in t if x.get("name") == "default"), None)
-    if isinstance(t, str) and t:
-        return t
-    jinja = path / "chat_template.jinja"
-    return jinja.read_text(encoding="utf-8") if jinja.is_file() else None
-
-
-def _byte_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map of the 256 bytes onto printable characters."""
-    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars
-
-
-def _types(node) -> set[str]:
-    """Every component "type" in a tokenizer.json decoder / pre_tokenizer tree."""
-    found: set[str] = set()
-    if isinstance(node, dict):
-        if isinstance(node.get("type"), str):
-            found.add(node["type"])
-        for v in node.values():
-            found |= _types(v)
-    elif isinstance(node, list):
-        for v in node:
-            found |= _types(v)
-    return found
-
-
-def _component(obj) -> dict:
-    """The JSON of a tokenizers component (decoder, pre_tokenizer), {} if none."""
-    try:
-        return json.loads(obj.__getstate__()) if obj is not None else {}
-    except Exception:
-        return {}
-
-
-class TokenBytes:
-    """The bytes each token id adds to the output, worked out on first use (a table for
-    a 150k vocabulary takes ~0.7 s to build up front): byte-level BPE pieces mapped back
-    through the GPT-2 byte<->unicode table; SentencePiece pieces with the metaspace
-    "\u2581" as a space and <0xNN> byte-fallback pieces as that byte; added tokens as
-    their text; special tokens and ids outside the vocabulary b""."""
-
-    def __init__(self, tok, n_vocab: int, special: set[int]):
-        kinds = _types(_component(tok.decoder)) | _types(_component(tok.pre_tokenizer))
-        self._tok, self._n, self._special = tok, n_vocab, special
-        self._byte_level = "ByteLevel" in kinds
-        self._byte_fallback = bool(getattr(tok.model, "byte_fallback", False)) \
-            or "ByteFallback" in kinds
-        self._added = {i: t.content for i, t in tok.get_added_tokens_decoder().items()}
-        self._u2b = {c: b for b, c in _byte_to_unicode().items()}
-        self._cache: dict[int, bytes] = {}
-
-    def __getitem__(self, i: int) -> bytes:
-        got = self._cache.get(i)
-        if got is None:
-            got = self._cache[i] = self._bytes(i)
-        return got
-
-    def _bytes(self, i: int) -> bytes:
-        piece = self._tok.id_to_token(i) if 0 <= i < self._n else None
-        if piece is None or i in self._special:
-            return b""
-        if i in self._added:                     # added tokens are stored as plain text
-            return self._added[i].encode("utf-8")
-        if self._byte_level:
-            u2b = self._u2b
-            return b"".join(bytes([u2b[c]]) if c in u2b else c.encode("utf-8") for c in piece)
-        if self._byte_fallback and len(piece) == 6 and piece.startswith("<0x") \
-                and piece[5] == ">" and all(c in "0123456789abcdefABCDEF" for c in piece[3:5]):
-            return bytes([int(piece[3:5], 16)])
-        return piece.replace("\u2581", " ").encode("utf-8")
