@@ -119,6 +119,10 @@ def test_convert_bad_input(env, tmp_path, tiny_hf):
                     "-o", str(out / "x.gguf")], env, "unknown gguf quant")
     one_line_error(["convert", str(tiny_hf), "--to", "tflite"], env, "--to")
     one_line_error(["convert", str(tmp_path / "nothing")], env, "no such folder")
+    one_line_error(["convert", str(tiny_hf), "--to", "gguf", "--graph", "fused"], env,
+                   "--graph applies to --to onnx only")
+    one_line_error(["convert", str(tiny_hf), "--to", "onnx", "--graph", "turbo",
+                    "-o", str(out / "t")], env, "unknown ONNX graph")
     weird = tmp_path / "weird"
     shutil.copytree(tiny_hf, weird)
     cfg = json.loads((weird / "config.json").read_text())

@@ -372,8 +372,10 @@ def test_sampler_greedy_bias_and_ban():
     assert sample([1, 3, 2], temperature=0, logit_bias={0: 5}) == 0
     assert sample([1, 3, 2], temperature=0, logit_bias={1: -100}) == 2   # -100 bans
     assert draws([0, 0, 0], logit_bias={1: -100}) == {0, 2}
-    with pytest.raises(EdgeChatError, match="banned every token"):
-        sample([1, 2], logit_bias={0: -100, 1: -100})
+    for temperature in (0, 1):
+        with pytest.raises(EdgeChatError, match="banned every token"):
+            sample([1, 2], temperature=temperature, logit_bias={0: -100, 1: -100})
+    assert sample([1, 3, 2], temperature=0, repeat_penalty=1.5, logit_bias={2: 1.5}) == 2
     with pytest.raises(EdgeChatError, match="out of range"):
         sample([1, 2], logit_bias={5: 1})
 

@@ -57,10 +57,11 @@ class Sampler:
 
     # -- the pipeline ------------------------------------------------------
 
-    def adjust(self, logits: np.ndarray) -> np.ndarray:
-        """float64 copy of `logits` with logit_bias and the penalties applied."""
+    def adjust(self, logits: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """A copy of `logits` (float64 unless `dtype`) with logit_bias and the penalties
+        applied."""
         p = self.params
-        x = np.array(logits, dtype=np.float64, copy=True).reshape(-1)
+        x = np.array(logits, dtype=dtype, copy=True).reshape(-1)
         n = x.shape[0]
         if p.logit_bias:
             for tok, bias in p.logit_bias.items():
@@ -105,14 +106,18 @@ class Sampler:
     def sample(self, logits: np.ndarray) -> int:
         """The next token id (does not `accept` it)."""
         p = self.params
-        if p.temperature == 0.0 and not p.logit_bias and p.repeat_penalty == 1.0 \
-                and not p.presence_penalty and not p.frequency_penalty:
-            return int(np.argmax(logits))       # plain greedy: nothing to adjust
+        if p.temperature == 0.0:
+            if not p.logit_bias and p.repeat_penalty == 1.0 and not p.presence_penalty \
+                    and not p.frequency_penalty:
+                return int(np.argmax(logits))   # plain greedy: nothing to adjust
+            x = self.adjust(logits, np.float32)  # an argmax needs no float64 pass
+            best = int(np.argmax(x))
+            if x[best] == -np.inf:
+                raise EdgeChatError("logit_bias banned every token", param="logit_bias")
+            return best
         x = self.adjust(logits)
         if not np.isfinite(x).any():
             raise EdgeChatError("logit_bias banned every token", param="logit_bias")
-        if self.params.temperature == 0.0:
-            return int(np.argmax(x))
         ids, cand = self.candidates(x)
         if ids.shape[0] == 1:
             return int(ids[0])
