@@ -1,8 +1,9 @@
 """Hugging Face folder -> ONNX decoder folder (fp32, fp16, int8, int4).
 
-The decoder with past key/values is exported by optimum (task
-``text-generation-with-past``) and checked against PyTorch; the weights are then
-quantized with onnxruntime's own tools:
+The decoder with past key/values is written as the fused graph of onnx_build.py
+(Llama family: GroupQueryAttention, fused norms) or exported by optimum (task
+``text-generation-with-past``, any architecture it knows; `graph` chooses), checked
+against PyTorch, and its weights are then quantized with onnxruntime's own tools:
 
   * int8: dynamic quantization of the MatMul weights (MatMulInteger), int8 per channel;
   * int4: MatMulNBits (block-wise, symmetric, ``block_size`` weights per block, int8

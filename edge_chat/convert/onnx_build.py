@@ -152,10 +152,9 @@ def write_fused_decoder(model, cfg: dict, out: Path, data_file: str) -> None:
 
     # logits of the last `logits_to_keep` positions only: generation needs one row, and
     # the vocabulary projection of a whole prompt chunk is a large part of prefill
-    init("axis_seq", np.array([1], np.int64))
     init("int64_max", np.array([np.iinfo(np.int64).max], np.int64))
     node("Neg", ["logits_to_keep"], ["keep_start"])
-    h = node("Slice", [h, "keep_start", "int64_max", "axis_seq"], ["kept_hidden"])[0]
+    h = node("Slice", [h, "keep_start", "int64_max", "axis1"], ["kept_hidden"])[0]
     head = "lm_head.weight" if "lm_head.weight" in sd else "model.embed_tokens.weight"
     node("MatMul", [h, init("lm_head.weight.T", sd[head].T)], ["logits"])
 

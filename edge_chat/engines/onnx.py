@@ -43,6 +43,8 @@ PROVIDER_ALIASES = {
 _KV_DEVICE = {"CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
 #: providers that do not compute locally
 _NOT_LOCAL = {"AzureExecutionProvider"}
+
+
 def select_providers(provider: str, available: Sequence[str] | None = None) -> list[str]:
     """onnxruntime providers for `provider` ("cpu", "cuda", "directml", ... or a full
     name like "CUDAExecutionProvider"), CPU last as fallback for unsupported nodes.
@@ -299,7 +301,7 @@ class OnnxEngine:
 
     def _eval(self, tokens: list[int], all_rows: bool = False) -> np.ndarray:
         """Run `tokens` after the cache; the logits row of the last one
-        (valid until the next run), or of every one (float32) with `all_rows`."""
+        (float32), or of every one with `all_rows`."""
         logits = None
         rows = []
         for i in range(0, len(tokens), PROMPT_CHUNK):
@@ -324,7 +326,8 @@ class OnnxEngine:
                 io.bind_ortvalue_output("logits", self._logits_ov)
                 self._sess.run_with_iobinding(io)
                 self._tokens.extend(chunk)
-                logits = self._logits_row[0, 0]
+                # a float32 copy: another thread's run may refill the buffer before we sample
+                logits = self._logits_row[0, 0].astype(np.float32)
                 continue
             io.bind_output("logits", "cpu")
             self._sess.run_with_iobinding(io)
