@@ -127,6 +127,24 @@ def wait_quiet(max_busy: float = 0.15, timeout: float = 300) -> float:
     return busy
 
 
+def interleave(reps: int, peers: dict) -> dict[str, list[dict]]:
+    """Run each peer (name -> function(warmup: bool) -> result dict, or {} to skip that
+    round) once per round, in order, every round after waiting for quiet CPUs; the first
+    round is a warm-up and not kept. Returns name -> the kept results."""
+    runs: dict[str, list[dict]] = {name: [] for name in peers}
+    for i in range(reps + 1):
+        wait_quiet()
+        for name, run_once in peers.items():
+            result = run_once(i == 0)
+            if i and result:
+                runs[name].append(result)
+    return runs
+
+
+def column(runs: list[dict], key: str) -> list:
+    return [x[key] for x in runs]
+
+
 def paired(ours, peer) -> float | None:
     """Median of the per-round ratios ours/peer (runs interleaved round by round, so
     slow drifts of the shared machine cancel)."""

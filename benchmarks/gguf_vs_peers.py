@@ -25,8 +25,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from _common import (MB, best, cell, cache_dir, machine, paired, print_rows, read_bandwidth,
-                     real_model, say, verdict, wait_quiet)
+from _common import (MB, best, cache_dir, cell, column, interleave, machine, paired, print_rows,
+                     read_bandwidth, real_model, say, verdict, wait_quiet)
 
 from edge_chat.bench import BenchConfig, Runner, exact_prompt, measure_in_child  # noqa: E402
 
@@ -136,29 +136,25 @@ def main() -> None:
         say("llama-bench not built (benchmarks/build_llama_cpp_tools.sh): skipped")
     else:
         say(f"llama-bench: {lb_exe}")
-    ours_runs, raw_runs, lb_runs = [], [], []
-    for i in range(a.reps + 1):                   # the first round is the warm-up
-        wait_quiet()
+    def ours(_warmup):
         runner.reset_cache(tokens[0])
-        o = runner.run(tokens)
-        r = raw_run(raw, tokens, a.gen)
-        lbr = llama_bench(lb_exe, a.model, threads, a.prompt, a.gen) if lb_exe and i else {}
-        if i:
-            ours_runs.append(o)
-            raw_runs.append(r)
-            if lbr:
-                lb_runs.append(lbr)
+        return runner.run(tokens)
+
+    runs = interleave(a.reps, {
+        "ours": ours,
+        "raw": lambda _warmup: raw_run(raw, tokens, a.gen),
+        # llama-bench warms up by itself: not run in the warm-up round
+        "llama-bench": lambda warmup: {} if warmup or not lb_exe else
+        llama_bench(lb_exe, a.model, threads, a.prompt, a.gen)})
+    ours_runs, raw_runs, lb_runs = runs["ours"], runs["raw"], runs["llama-bench"]
     raw.close()
     model.engine.close()
     lb = {k: [x[k] for x in lb_runs] for k in ("prefill_tps", "decode_tps")} if lb_runs else {}
 
-    def col(runs, key):
-        return [x[key] for x in runs]
-
     rows = []
     for key, label in (("decode_tps", "decode tok/s"), ("prefill_tps", "prefill tok/s"),
                        ("ttft", "TTFT ms")):
-        o, r, lbx = col(ours_runs, key), col(raw_runs, key), lb.get(key, [])
+        o, r, lbx = column(ours_runs, key), column(raw_runs, key), lb.get(key, [])
         rows.append([label, cell(o, key), cell(r, key), cell(lbx, key),
                      f"{paired(o, r):.3f} / {best(o, key) / best(r, key):.3f}",
                      f"{paired(o, lbx):.3f} / {best(o, key) / best(lbx, key):.3f}" if lbx else "-"])
@@ -167,9 +163,9 @@ def main() -> None:
                ["metric", "ours", "raw llama-cpp-python", "llama-bench", "ours/raw",
                 "ours/llama-bench"], rows)
 
-    dec = best(col(ours_runs, "decode_tps"), "decode_tps")
-    vs_raw = paired(col(ours_runs, "decode_tps"), col(raw_runs, "decode_tps"))
-    vs_lb = paired(col(ours_runs, "decode_tps"), lb["decode_tps"]) if lb else None
+    dec = best(column(ours_runs, "decode_tps"), "decode_tps")
+    vs_raw = paired(column(ours_runs, "decode_tps"), column(raw_runs, "decode_tps"))
+    vs_lb = paired(column(ours_runs, "decode_tps"), lb["decode_tps"]) if lb else None
     st = child["second_turn"]
     peak, load = child["peak_rss"], child["load_s"]
     load_target = max(0.5, 0.5 * size / 150e6)

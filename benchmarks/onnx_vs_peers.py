@@ -31,8 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-from _common import (MB, best, cell, cache_dir, machine, paired, print_rows, real_model, say,
-                     verdict, wait_quiet)
+from _common import (MB, best, cache_dir, cell, column, interleave, machine, paired, print_rows,
+                     real_model, say, verdict, wait_quiet)
 
 from edge_chat.bench import BenchConfig, Runner, exact_prompt, measure_in_child  # noqa: E402
 
@@ -181,30 +181,25 @@ def main() -> None:
         genai["size"] = sum(p.stat().st_size for p in gdir.iterdir())
 
     say("ours, optimum" + (", onnxruntime-genai" if proc else "") + ", interleaved run by run ...")
-    ours_runs, opt_runs, g_runs = [], [], []
-    for i in range(a.reps + 1):                  # the first round is the warm-up
-        wait_quiet()
+    def ours(_warmup):
         runner.reset_cache(tokens[0])
-        o = runner.run(tokens)
-        p = optimum_run(opt, tokens, a.gen)
-        if proc:
-            proc.stdin.write("run\n")
-            proc.stdin.flush()
-            g = json.loads(proc.stdout.readline())
-        if i:
-            ours_runs.append(o)
-            opt_runs.append(p)
-            if proc:
-                g_runs.append(g)
+        return runner.run(tokens)
+
+    def genai_once(_warmup):
+        proc.stdin.write("run\n")
+        proc.stdin.flush()
+        return json.loads(proc.stdout.readline())
+
+    peers = {"ours": ours, "optimum": lambda _warmup: optimum_run(opt, tokens, a.gen)}
+    if proc:
+        peers["genai"] = genai_once
+    runs = interleave(a.reps, peers)
+    ours_runs, opt_runs, g_runs = runs["ours"], runs["optimum"], runs.get("genai", [])
     if proc:
         proc.stdin.close()
         proc.wait()
         genai["peak_rss"] = max(g["peak_rss"] for g in g_runs)
-    del opt
     model.engine.close()
-
-    def col(runs, key):
-        return [x[key] for x in runs]
 
     def ratio(o, p, key):
         return f"{paired(o, p):.2f} / {best(o, key) / best(p, key):.2f}" if p else "-"
@@ -212,7 +207,7 @@ def main() -> None:
     rows = []
     for key, label in (("decode_tps", "decode tok/s"), ("prefill_tps", "prefill tok/s"),
                        ("ttft", "TTFT ms")):
-        o, p, g = col(ours_runs, key), col(opt_runs, key), col(g_runs, key)
+        o, p, g = column(ours_runs, key), column(opt_runs, key), column(g_runs, key)
         rows.append([label, cell(o, key), cell(p, key), cell(g, key), ratio(o, p, key),
                      ratio(o, g, key)])
     rows.append(["load s", f"{child['load_s']:.2f}", f"{opt_load:.2f}",
@@ -224,8 +219,8 @@ def main() -> None:
                ["metric", "ours", "optimum", f"onnxruntime-genai {genai['version'] if genai else ''}",
                 "ours/optimum", "ours/genai"], rows)
 
-    vs_opt = paired(col(ours_runs, "decode_tps"), col(opt_runs, "decode_tps"))
-    vs_g = paired(col(ours_runs, "decode_tps"), col(g_runs, "decode_tps"))
+    vs_opt = paired(column(ours_runs, "decode_tps"), column(opt_runs, "decode_tps"))
+    vs_g = paired(column(ours_runs, "decode_tps"), column(g_runs, "decode_tps"))
     st = child["second_turn"]
     checks = [
         ["decode vs optimum (paired median)", f"{vs_opt:.2f}x", ">= 1.5x", verdict(vs_opt >= 1.5)],
