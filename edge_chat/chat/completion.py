@@ -171,12 +171,14 @@ class ChatModel:
         if response_format is None or (isinstance(response_format, dict)
                                        and response_format.get("type") == "text"):
             return None
-        build = getattr(self.engine, "grammar_for", None)
-        if build is None:
+        self._require_grammar()
+        return self.engine.grammar_for(response_format)
+
+    def _require_grammar(self) -> None:
+        if not hasattr(self.engine, "grammar_for"):
             raise EdgeChatError(f"constrained output (response_format) is not supported by "
                                 f"the {self.info.format} engine; use a GGUF model",
                                 param="response_format")
-        return build(response_format)
 
     def cancel(self) -> None:
         self.engine.cancel()
@@ -190,10 +192,8 @@ class ChatModel:
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         finish = "stop"
         t0 = time.perf_counter()
-        if grammar is not None and not hasattr(engine, "grammar_for"):
-            raise EdgeChatError(f"constrained output (response_format) is not supported by "
-                                f"the {self.info.format} engine; use a GGUF model",
-                                param="response_format")
+        if grammar is not None:
+            self._require_grammar()
         gen = engine.generate(tokens, params, grammar=grammar) if grammar is not None \
             else engine.generate(tokens, params)
         try:

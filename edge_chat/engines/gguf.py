@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from edge_chat.chat.params import SamplingParams
 
 KV_TYPES = {"f16": 1, "q8_0": 8}   # ggml type ids
+
+
 def gpu_layers_for(gguf, gpu_layers: int | str | None, vram: str | int | None, n_ctx: int,
                    kv_type: str = "f16") -> int:
     """n_gpu_layers from the CLI's `--gpu-layers N|auto` and `--vram SIZE`."""
