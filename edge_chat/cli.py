@@ -46,8 +46,17 @@ VramOpt = typer.Option(None, "--vram", help="GGUF: GPU memory budget for --gpu-l
 KvOpt = typer.Option("f16", "--kv-type", help="GGUF: KV cache type: f16 or q8_0.")
 MmapOpt = typer.Option(True, "--mmap/--no-mmap", help="GGUF: memory-map the weights.")
 ProviderOpt = typer.Option("cpu", "--provider", help="ONNX: execution provider (cpu, cuda, ...).")
+YesOpt = typer.Option(False, "--yes", "-y", help="A hub id not in the store: pull it without asking.")
 TemplateOpt = typer.Option(None, "--chat-template",
                            help="A Jinja file or a built-in name (chatml, gemma, llama3, phi3, mistral).")
+
+
+def _in_store(spec: Optional[str], yes: bool) -> Optional[str]:
+    """A hub id (org/name) that is not in the store is pulled: after a question on a
+    terminal, at once with --yes, never silently when stdin is not a terminal."""
+    from edge_chat.hub.pull import ensure_model
+    return ensure_model(spec, yes=yes, interactive=sys.stdin.isatty(),
+                        confirm=lambda q: typer.confirm(q, default=True, err=True))
 
 
 def _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider):
@@ -96,6 +105,7 @@ def chat(
                                              help="With --base-url: the server's model name."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGE_CHAT_API_KEY",
                                           help="With --base-url: the server's API key."),
+    yes: bool = YesOpt,
 ):
     """Chat with a model: a streaming REPL, or one answer (--prompt or piped stdin)."""
     from edge_chat.chat.context import POLICIES
@@ -114,8 +124,8 @@ def chat(
         from edge_chat.engines.remote import open_remote
         model_ = open_remote(base_url, model_name or model, api_key=api_key)
     else:
-        model_ = open_chat(model, _engine_options(ctx_size, threads, gpu_layers, vram, kv_type,
-                                                  mmap, provider),
+        options = _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider)
+        model_ = open_chat(_in_store(model, yes), options,
                            chat_template=chat_template, context_policy=context_policy, warn=_err)
     try:
         session = ChatSession(model_, params, system=system, show_stats=stats)
@@ -169,6 +179,7 @@ def ui(
     auth: Optional[str] = typer.Option(None, "--auth", help="USER:PASSWORD asked before the page opens."),
     export_dir: Optional[Path] = typer.Option(None, "--export-dir",
                                               help="Where Export writes files (default: a temporary folder)."),
+    yes: bool = YesOpt,
     context_policy: str = typer.Option("truncate", "--context-policy",
                                        help="When the window is full: truncate (drop oldest turns) or error."),
     chat_template: Optional[str] = TemplateOpt,
@@ -181,6 +192,7 @@ def ui(
     from edge_chat.ui.app import parse_auth, run_ui
     if context_policy not in POLICIES:
         raise EdgeChatError(f"--context-policy must be one of {', '.join(POLICIES)}")
+    model = _in_store(model, yes)
     run_ui(model, host=host, port=port, auth=parse_auth(auth),
            options=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider),
            chat_template=chat_template, context_policy=context_policy, export_dir=export_dir,
@@ -201,6 +213,7 @@ def serve(
     cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin",
                                                     help="Allow this browser origin (repeatable)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
+    yes: bool = YesOpt,
     chat_template: Optional[str] = TemplateOpt,
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
@@ -209,6 +222,7 @@ def serve(
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)."""
     from edge_chat.server import ServerConfig
     from edge_chat.server import serve as run_server
+    models = [_in_store(m, yes) for m in models or []]
     run_server(ServerConfig(
         models=models or None, host=host, port=port, api_key=api_key or None,
         max_loaded=max_loaded, max_queue=max_queue, cors_origins=cors_origin or [],
@@ -222,14 +236,14 @@ def serve(
 
 @command
 def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """List the models in the store ($EDGE_CHAT_MODELS or ./models)."""
+    """List the models in the store ($EDGE_CHAT_MODELS, else ./models, else the per-user store)."""
     import json
     import shutil
 
-    from rich.console import Console
     from rich.table import Table
 
-    from edge_chat.store import describe, list_models, models_dir
+    from edge_chat.store import describe, empty_store_hint, list_models, store_choice
+    from edge_chat.tables import print_table
     rows = []
     for p in list_models():
         try:
@@ -240,19 +254,18 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
     if json_out:
         print(json.dumps(rows, indent=2))
         return
-    root = models_dir()
+    root, why = store_choice()
     if not rows:
-        _err(f"no models in {root}: make one with "
-             "'edge_chat convert HF_FOLDER --to gguf --quant q4_k_m'")
+        _err(f"no models in {root} ({why}): {empty_store_hint()}")
         return
-    t = Table(title=f"models in {root}")
+    t = Table(title=f"models in {root} ({why})")
     for col in ("name", "format", "quant", "size", "arch", "context", "template"):
         t.add_column(col)
     for r in rows:
         t.add_row(r["name"], r.get("format", "?"), str(r.get("quant", "")),
                   fmt_size(r.get("size_bytes")), str(r.get("arch", r.get("error", ""))),
                   str(r.get("context") or "?"), "yes" if r.get("chat_template") else "no")
-    Console().print(t)
+    print_table(t)
     free = shutil.disk_usage(root if root.exists() else Path.cwd()).free
     _err(f"{len(rows)} model(s), {fmt_size(sum(r.get('size_bytes') or 0 for r in rows))}; "
          f"{fmt_size(free)} free on disk")
@@ -307,15 +320,23 @@ def convert(
 
 @command
 def pull(
-    hub_id: str = typer.Argument(..., help="A Hugging Face hub id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct."),
-    to: str = typer.Option("gguf", "--to", help="gguf or onnx."),
-    quant: Optional[str] = typer.Option(None, "--quant", "-q", help="As in convert."),
+    spec: str = typer.Argument(..., help="A hub id: org/name, org/name:QUANT or org/name:FILE.gguf."),
+    quant: Optional[str] = typer.Option(None, "--quant", "-q",
+                                        help="GGUF repo: the quant (default q4_k_m); ONNX repo: "
+                                             "the variant; safetensors repo: as in convert."),
+    to: Optional[str] = typer.Option(None, "--to", help="gguf or onnx: the format to take "
+                                                       "(a safetensors repo is converted to it)."),
+    list_only: bool = typer.Option(False, "--list", help="Show what the repo offers, with sizes."),
 ):
-    """Download a model from the hub and convert it into the store (needs internet)."""
-    from edge_chat.convert.run import run_convert
-    if Path(hub_id).exists() or hub_id.count("/") != 1:
-        raise EdgeChatError(f"'{hub_id}' is not a hub id (org/name); for a local folder use convert")
-    run_convert(hub_id, to, quant, None, evaluate=False)
+    """Get a model from the Hugging Face hub into the store: GGUF and ONNX repos as they are,
+    safetensors repos converted (the convert extra)."""
+    from edge_chat.hub.pull import offers_table
+    from edge_chat.hub.pull import pull as run_pull
+    from edge_chat.tables import print_table
+    if list_only:
+        print_table(offers_table(spec, quant, to))
+        return
+    print(run_pull(spec, quant, to))
 
 
 @command
@@ -323,14 +344,15 @@ def rm(names: List[str] = typer.Argument(..., help="Names in the store."),
        yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")):
     """Remove models from the store."""
     from edge_chat.atomic import remove
-    from edge_chat.store import find_in_store, model_name, path_size
+    from edge_chat.store import find_in_store, model_files, model_name, path_size
     paths = [find_in_store(n) for n in names]
     total = sum(path_size(p) for p in paths)
     if not yes and sys.stdin.isatty() and not typer.confirm(
             f"remove {', '.join(model_name(p) for p in paths)} ({fmt_size(total)})?"):
         raise typer.Exit(1)
     for p in paths:
-        remove(p)
+        for f in reversed(model_files(p)):     # a split model's first part last
+            remove(f)
         _err(f"removed {p}")
 
 
@@ -369,8 +391,8 @@ def bench(
     if json_out:
         print(json.dumps(results, indent=2))
     else:
-        from rich.console import Console
-        Console().print(table(results))
+        from edge_chat.tables import print_table
+        print_table(table(results))
     if plot is not None:
         _err(f"plot written to {write_plot(results, plot)}")
     failed = [r for r in results if "error" in r]

@@ -44,3 +44,7 @@ class ContextLengthExceeded(EdgeChatError):
 
 class ConvertError(EdgeChatError):
     pass
+
+
+class PullError(EdgeChatError):
+    """Getting a model from the hub failed: unknown repo, offline, corrupt download..."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 from pathlib import Path
@@ -9,9 +10,24 @@ from pathlib import Path
 from edge_chat.errors import ModelNotFound
 
 
+#: a part of a split GGUF: llama.cpp loads `NAME-00001-of-00003.gguf` and finds the rest beside it
+SPLIT_RE = re.compile(r"^(?P<prefix>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
+
+
+def store_choice() -> tuple[Path, str]:
+    """The store and why: `$EDGE_CHAT_MODELS`, else `./models` when it exists (the
+    repository layout), else the per-user data folder (`.../edge_chat/models`)."""
+    env = os.environ.get("EDGE_CHAT_MODELS")
+    if env:
+        return Path(env).expanduser(), "$EDGE_CHAT_MODELS"
+    if Path("models").is_dir():
+        return Path("models"), "./models in this folder"
+    from platformdirs import user_data_dir
+    return Path(user_data_dir("edge_chat", appauthor=False)) / "models", "the per-user store"
+
+
 def models_dir() -> Path:
-    """`$EDGE_CHAT_MODELS`, else `models/` in the working directory."""
-    return Path(os.environ.get("EDGE_CHAT_MODELS") or "models").expanduser()
+    return store_choice()[0]
 
 
 def slug(name: str) -> str:
@@ -34,8 +50,25 @@ def list_models(root: Path | None = None) -> list[Path]:
     if not root.is_dir():
         return []
     out = [p for p in sorted(root.iterdir())
-           if not p.name.startswith(".") and model_kind(p) is not None]
+           if not p.name.startswith(".") and model_kind(p) is not None and _split_index(p) <= 1]
     return out
+
+
+def _split_index(path: Path) -> int:
+    """1-based part number of a split GGUF file, 0 for a whole file or a folder."""
+    m = SPLIT_RE.match(path.name)
+    return int(m["index"]) if m and path.is_file() else 0
+
+
+def model_files(path: Path) -> list[Path]:
+    """Every file or folder a model is made of: all parts of a split GGUF (named by
+    its first part), else the path itself."""
+    m = SPLIT_RE.match(path.name)
+    if not m or not path.is_file():
+        return [path]
+    parts = (path.with_name(f"{m['prefix']}-{i:05d}-of-{m['count']}.gguf")
+             for i in range(1, int(m["count"]) + 1))
+    return [p for p in parts if p.exists()]
 
 
 def _inside(root: Path, name: str) -> bool:
@@ -50,7 +83,8 @@ def find_in_store(name: str, root: Path | None = None) -> Path:
     cannot escape the store. Raises ModelNotFound."""
     root = root or models_dir()
     if _inside(root, name):
-        for cand in (root / name, root / f"{name}.gguf"):
+        for cand in (root / name, root / f"{name}.gguf", *sorted(root.glob(
+                f"{glob.escape(name)}-00001-of-[0-9][0-9][0-9][0-9][0-9].gguf"))):
             if model_kind(cand):
                 return cand
     raise ModelNotFound(f"model '{name}' not found in the store {root}")
@@ -64,10 +98,7 @@ def resolve_model(spec: str | None, root: Path | None = None) -> Path:
         if len(models) == 1:
             return models[0]
         if not models:
-            raise ModelNotFound(
-                f"no model in the store {root}: make one with "
-                "'edge_chat convert HF_FOLDER --to gguf --quant q4_k_m' or pass a .gguf path",
-                param=None)
+            raise ModelNotFound(f"no model in the store {root}: {empty_store_hint()}", param=None)
         names = ", ".join(model_name(m) for m in models)
         raise ModelNotFound(f"several models in the store, name one: {names}", param=None)
     path = Path(spec).expanduser()
@@ -80,9 +111,16 @@ def resolve_model(spec: str | None, root: Path | None = None) -> Path:
     return find_in_store(spec, root)
 
 
+def empty_store_hint() -> str:
+    """The one command that gets a good small model into an empty store."""
+    from edge_chat.hub import DEFAULT_MODEL
+    return (f"get a small chat model with 'edge_chat pull {DEFAULT_MODEL}' "
+            "(or convert your own: 'edge_chat convert HF_FOLDER')")
+
+
 def path_size(path: Path) -> int:
     if path.is_file():
-        return path.stat().st_size
+        return sum(p.stat().st_size for p in model_files(path))
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
@@ -98,6 +136,9 @@ def fmt_size(n: float | None) -> str:
 
 
 def model_name(path: Path) -> str:
+    m = SPLIT_RE.match(path.name)
+    if m:
+        return m["prefix"]
     return path.name[:-5] if path.name.lower().endswith(".gguf") else path.name
 
 

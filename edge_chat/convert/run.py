@@ -12,6 +12,7 @@ from rich.table import Table
 from edge_chat.convert.common import ConvertResult, read_hf_config, resolve_source
 from edge_chat.errors import ConvertError
 from edge_chat.store import fmt_size
+from edge_chat.tables import print_table
 
 TARGETS = ("gguf", "onnx")
 DEFAULT_QUANT = {"gguf": "q4_k_m", "onnx": "int4"}
@@ -73,7 +74,7 @@ def run_convert(src: str, to: str, quant: str | None, output: Path | None, block
                            total=None if frac is None else 1.0, completed=frac or 0)
 
             results.append(convert(folder, q, output, progress=progress, **extra))
-        console.print(summary_table(results[-1]))
+        print_table(summary_table(results[-1]), console)
     if evaluate:
         quality_report(folder, results, to, console, recommend, budget)
     for r in results:
@@ -103,7 +104,7 @@ def quality_report(folder: Path, results: list[ConvertResult], fmt: str, console
     for row in rows:
         t.add_row(row["quant"], fmt_size(row["size"]), f"{row['ratio']:.2f}×",
                   f"{row['ppl']:.3f}", f"{row['change'] * 100:+.2f} %", fmt_size(row["memory"]))
-    console.print(t)
+    print_table(t, console)
     if recommend:
         limit = budget if budget is not None else int(0.6 * available_memory())
         best = pick(rows, limit)
