@@ -51,6 +51,7 @@ def split_gguf(src: Path, out: Path, parts: int) -> list[Path]:
     split.no / split.count / split.tensors.count in every part."""
     from gguf import GGUFReader, GGUFValueType, GGUFWriter
     r = GGUFReader(src)
+    out.parent.mkdir(parents=True, exist_ok=True)
     arch = r.fields["general.architecture"].contents()
     w = GGUFWriter(out, arch, split_max_tensors=-(-len(r.tensors) // parts))
     for f in r.fields.values():

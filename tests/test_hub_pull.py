@@ -38,12 +38,14 @@ def ask(env, model, qa, *extra) -> subprocess.CompletedProcess:
 
 
 def one_line_error(p, *needles):
+    """Exit 1 and one `error:` line, the last (progress may come before it)."""
     assert p.returncode == 1, (p.stdout, p.stderr)
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+    errors = [ln for ln in lines if ln.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], p.stderr
     assert "Traceback" not in p.stderr
     for n in needles:
-        assert n in lines[0], lines[0]
+        assert n in errors[0], errors[0]
 
 
 def sha(path: Path) -> str:

@@ -17,6 +17,7 @@ from edge_chat.atomic import remove
 from edge_chat.errors import PullError
 from edge_chat.hub.repo import HubFile, Repo, hub_errors
 from edge_chat.store import fmt_size
+from edge_chat.tables import stderr_console
 
 #: huggingface_hub writes what it received every this many bytes (its default, 10 MiB,
 #: would lose up to 10 MiB on Ctrl-C and move the bar in big jumps)
@@ -39,7 +40,7 @@ def fetch(repo: Repo, files: list[HubFile], dest: Path, console: Console | None 
     from huggingface_hub.utils import disable_progress_bars
     disable_progress_bars()
     constants.DOWNLOAD_CHUNK_SIZE = CHUNK
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     total = sum(f.size or 0 for f in files)
     already = staged_bytes(dest)
     if already:

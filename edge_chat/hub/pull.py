@@ -20,6 +20,7 @@ from edge_chat.atomic import atomic_path, write_json_atomic
 from edge_chat.errors import ModelNotFound, PullError
 from edge_chat.hub.repo import Choice, Repo, list_repo, norm_quant, offers, parse_spec, pick
 from edge_chat.store import SPLIT_RE, find_in_store, fmt_size, models_dir
+from edge_chat.tables import stderr_console
 
 INDEX = ".pulled.json"          # hub id (and id:tag) -> store name
 
@@ -107,7 +108,7 @@ def plan(spec: str, quant: str | None = None, to: str | None = None) -> tuple[Re
 def pull(spec: str, quant: str | None = None, to: str | None = None,
          console: Console | None = None, planned: tuple[Repo, Choice] | None = None) -> Path:
     """Pull `spec` into the store; the model's path there."""
-    console = console or Console(stderr=True)
+    console = console or stderr_console()
     repo, choice = planned or plan(spec, quant, to)
     root = models_dir()
     if choice.kind == "safetensors":
@@ -118,8 +119,9 @@ def pull(spec: str, quant: str | None = None, to: str | None = None,
                       f"('edge_chat rm {choice.name}' first to download it again)")
         _remember(spec, repo, choice, choice.name, root)
         return final
-    console.print(f"pulling {repo.repo_id} {choice.label} ({fmt_size(choice.size)}, "
-                  f"{len(choice.files)} file(s)) into {root}")
+    parts = f" in {len(choice.files)} parts" if choice.kind == "gguf" and len(choice.files) > 1 else ""
+    console.print(f"pulling {repo.repo_id} {choice.label} ({fmt_size(choice.size)}{parts}) "
+                  f"into {root}")
     staging = _staging(root, repo, choice)
     from edge_chat.hub.download import fetch
     fetch(repo, choice.files, staging, console)
@@ -178,8 +180,7 @@ def _land_onnx(repo: Repo, choice: Choice, staging: Path, final: Path) -> None:
 def _convert(repo: Repo, choice: Choice, to: str | None, quant: str | None, spec: str,
              console: Console) -> Path:
     """A safetensors repo: download (as any pull), then convert with the `convert` extra."""
-    missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
-    if missing:
+    if not all(_installed(m) for m in ("torch", "transformers")):
         raise PullError(f"'{repo.repo_id}' holds safetensors weights, which must be converted: "
                         f"that needs the convert extra (pip install 'edge-chat[convert]'), or "
                         "pull a ready-made -GGUF repo instead")
@@ -195,6 +196,14 @@ def _convert(repo: Repo, choice: Choice, to: str | None, quant: str | None, spec
     name = results[-1].output.name.removesuffix(".gguf")
     _remember(spec, repo, choice, name, root)
     return results[-1].output
+
+
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (torch takes seconds)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def ensure_model(spec: str | None, *, yes: bool, interactive: bool,
