@@ -62,4 +62,4 @@ def _print_records(table: Table, console: Console) -> None:
 
 def stderr_console() -> Console:
     """Messages on stderr, never wrapped at rich's default 80 columns in a pipe."""
-    return Console(stderr=True, soft_wrap=True)
+    return Console(stderr=True, soft_wrap=True, highlight=False)

@@ -8,8 +8,8 @@ asks (read in its file_download.py and hf_api.py):
   GET  same, honouring `Range: bytes=N-` (206 + Content-Range)
 
 Point a process at it with HF_ENDPOINT. It counts the bytes it sends per file, can
-serve other bytes than it publishes (a corrupt download), and can stall a file after
-some bytes (a download killed half way)."""
+serve other bytes than it publishes (a corrupt download), stall a file after some
+bytes (a download killed half way), and gate a repo behind a token (HF_TOKEN)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ class FakeHub:
         self.served: Counter[str] = Counter()           # "org/name/path" -> bytes sent
         self.ranges: list[tuple[str, str | None]] = []   # (path, Range header) per GET
         self.stall: dict[str, int] = {}                  # path -> stop after this many bytes
+        self.gated: dict[str, str] = {}                  # repo id -> the token it needs
         self.stalled = threading.Event()                 # set once a stall point is reached
         self.release = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -108,6 +109,12 @@ class FakeHub:
 
             def _route(self):
                 path = self.path.split("?", 1)[0]
+                m = (re.match(r"^/api/models/([^/]+/[^/]+)(?:/revision/[^/]+)?$", path)
+                     or re.match(r"^/([^/]+/[^/]+)/resolve/", path))
+                token = hub.gated.get(m[1]) if m else None
+                if token and self.headers.get("Authorization") != f"Bearer {token}":
+                    return self._send(401, b"{}", {"X-Error-Code": "GatedRepo",
+                                                   "X-Error-Message": "Access restricted"})
                 m = re.match(r"^/api/models/([^/]+/[^/]+)(?:/revision/[^/]+)?$", path)
                 if m:
                     if m[1] not in hub.repos:

@@ -217,6 +217,11 @@ def test_bad_repos_and_no_network_are_one_line(hub, hub_env):
     hub.add("org/web-onnx", {"onnx/model.onnx": b"x" * 10, "tokenizer.json": b"{}"})
     one_line_error(run_cli(hub_env, "pull", "org/web-onnx"), "layout edge_chat cannot run")
     one_line_error(run_cli(hub_env, "pull", "not-a-hub-id"), "not a hub id")
+    hub.add("org/Gated-GGUF", {"README.md": b"# gated\n"})
+    hub.gated["org/Gated-GGUF"] = "hf_secret"
+    one_line_error(run_cli(hub_env, "pull", "org/Gated-GGUF"), "is gated", "HF_TOKEN")
+    p = run_cli({**hub_env, "HF_TOKEN": "hf_secret"}, "pull", "org/Gated-GGUF")
+    one_line_error(p, "no GGUF, ONNX or safetensors")            # in: the token was sent
     offline = {**hub_env, "HF_HUB_OFFLINE": "1"}
     one_line_error(run_cli(offline, "pull", "org/docs"), "HF_HUB_OFFLINE")
     closed = {**hub_env, "HF_ENDPOINT": "http://127.0.0.1:9"}
@@ -284,6 +289,13 @@ def test_first_run_offers_to_pull_on_a_terminal_only(hub, hub_env, tiny_gguf, ti
     finally:
         child.close(force=True)
     assert sum(hub.served.values()) == served
+    # offline, the pulled model is still found by its hub id
+    p = ask({**hub_env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"},
+            "org/Tiny-GGUF", qa)
+    assert p.returncode == 0 and p.stdout == qa.answer + "\n", p.stderr
+    # serve and ui ask the same way: never a silent pull without a terminal
+    for cmd in ("serve", "ui"):
+        one_line_error(run_cli(hub_env, cmd, "org/Unknown-GGUF"), "edge_chat pull org/Unknown-GGUF")
     # --yes pulls without a terminal
     hub.add("org/Other-GGUF", {"Other-F16.gguf": tiny_gguf["f16"]})
     p = ask(hub_env, "org/Other-GGUF", qa, "--yes")
