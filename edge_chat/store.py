@@ -153,8 +153,9 @@ def describe(path: Path) -> dict:
     if kind == "gguf":
         from edge_chat.engines.gguf_file import read_gguf
         g = read_gguf(path)
+        n_params = g.n_params + sum(read_gguf(p).n_params or 0 for p in model_files(path)[1:])
         row.update(quant=g.quant_name, arch=g.arch, context=g.context_length,
-                   n_params=g.n_params, n_layers=g.n_layers,
+                   n_params=n_params, n_layers=g.n_layers,
                    chat_template=g.chat_template is not None, general_name=g.name)
     elif kind == "onnx":
         manifest = path / "edge_chat.json"

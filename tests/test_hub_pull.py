@@ -115,6 +115,8 @@ def test_split_gguf_is_one_model(hub, hub_env, tiny_gguf, tiny_qa, tmp_path):
     rows = models_in(hub_env)
     assert list(rows) == ["tiny-f16"]
     assert rows["tiny-f16"]["size_bytes"] == sum(p.stat().st_size for p in parts)
+    assert rows["tiny-f16"]["n_params"] == models_in({**hub_env, "EDGE_CHAT_MODELS": str(
+        tiny_gguf["f16"].parent)})["tiny-f16"]["n_params"]            # all parts counted
     qa = tiny_qa[1]
     p = ask(hub_env, "tiny-f16", qa)                  # llama.cpp finds parts 2 and 3 beside 1
     assert p.returncode == 0 and p.stdout == qa.answer + "\n", p.stderr

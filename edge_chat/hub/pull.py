@@ -6,10 +6,12 @@ and checked: a model appears in the store whole or not at all."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +21,7 @@ from rich.table import Table
 from edge_chat.atomic import atomic_path, write_json_atomic
 from edge_chat.errors import ModelNotFound, PullError
 from edge_chat.hub.repo import Choice, Repo, list_repo, norm_quant, offers, parse_spec, pick
-from edge_chat.store import SPLIT_RE, find_in_store, fmt_size, models_dir
+from edge_chat.store import find_in_store, fmt_size, models_dir, slug
 from edge_chat.tables import stderr_console
 
 INDEX = ".pulled.json"          # hub id (and id:tag) -> store name
@@ -119,7 +121,8 @@ def pull(spec: str, quant: str | None = None, to: str | None = None,
                       f"('edge_chat rm {choice.name}' first to download it again)")
         _remember(spec, repo, choice, choice.name, root)
         return final
-    parts = f" in {len(choice.files)} parts" if choice.kind == "gguf" and len(choice.files) > 1 else ""
+    parts = f" in {len(choice.files)} parts" if choice.kind == "gguf" and len(choice.files) > 1 \
+        else ""
     console.print(f"pulling {repo.repo_id} {choice.label} ({fmt_size(choice.size)}{parts}) "
                   f"into {root}")
     staging = _staging(root, repo, choice)
@@ -137,7 +140,6 @@ def pull(spec: str, quant: str | None = None, to: str | None = None,
 
 
 def _staging(root: Path, repo: Repo, choice: Choice) -> Path:
-    from edge_chat.store import slug
     return root / ".pull" / slug(f"{repo.repo_id.replace('/', '--')}--{choice.name}")
 
 
@@ -149,11 +151,8 @@ def _gguf_name(choice: Choice, part: int) -> str:
 def _land_gguf(choice: Choice, staging: Path, root: Path) -> None:
     """Rename the file (or split parts, the first last: the store lists a split model
     by its first part) into the store."""
-    moves = [(staging / f.path, root / _gguf_name(choice, i + 1)) for i, f in enumerate(choice.files)]
-    for src, dst in reversed(moves):
-        if len(moves) > 1 and not SPLIT_RE.match(dst.name):
-            raise PullError(f"cannot name the parts of {choice.name}")
-        os.replace(src, dst)
+    for i, f in reversed(list(enumerate(choice.files))):
+        os.replace(staging / f.path, root / _gguf_name(choice, i + 1))
 
 
 def _land_onnx(repo: Repo, choice: Choice, staging: Path, final: Path) -> None:
@@ -191,7 +190,9 @@ def _convert(repo: Repo, choice: Choice, to: str | None, quant: str | None, spec
     folder = staging / repo.repo_id.split("/")[-1]     # its name names the output
     console.print(f"pulling {repo.repo_id} (safetensors, {fmt_size(choice.size)}) to convert")
     fetch(repo, choice.files, folder, console)
-    results = run_convert(str(folder), to or "gguf", quant, None, evaluate=False, console=console)
+    with contextlib.redirect_stdout(sys.stderr):     # the command prints the one path itself
+        results = run_convert(str(folder), to or "gguf", quant, None, evaluate=False,
+                              console=console)
     shutil.rmtree(staging, ignore_errors=True)
     name = results[-1].output.name.removesuffix(".gguf")
     _remember(spec, repo, choice, name, root)
