@@ -351,7 +351,7 @@ def rm(names: List[str] = typer.Argument(..., help="Names in the store."),
             f"remove {', '.join(model_name(p) for p in paths)} ({fmt_size(total)})?"):
         raise typer.Exit(1)
     for p in paths:
-        for f in reversed(model_files(p)):     # a split model's first part last
+        for f in model_files(p):       # a split model's first part first: gone from the list
             remove(f)
         _err(f"removed {p}")
 

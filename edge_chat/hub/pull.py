@@ -114,7 +114,7 @@ def pull(spec: str, quant: str | None = None, to: str | None = None,
     repo, choice = planned or plan(spec, quant, to)
     root = models_dir()
     if choice.kind == "safetensors":
-        return _convert(repo, choice, to, quant, spec, console)
+        return _convert(repo, choice, to, quant or parse_spec(spec)[1], spec, console)
     final = root / (choice.name if choice.kind == "onnx" else _gguf_name(choice, 1))
     if final.exists():
         console.print(f"{choice.name} is already in the store {root} "
