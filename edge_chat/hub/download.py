@@ -38,6 +38,7 @@ def fetch(repo: Repo, files: list[HubFile], dest: Path, console: Console | None 
     raises PullError."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.utils import disable_progress_bars
+    from requests.exceptions import RequestException
     disable_progress_bars()
     constants.DOWNLOAD_CHUNK_SIZE = CHUNK
     console = console or stderr_console()
@@ -64,6 +65,8 @@ def fetch(repo: Repo, files: list[HubFile], dest: Path, console: Console | None 
                     try:
                         local = Path(hf_hub_download(repo.repo_id, f.path, revision=repo.commit,
                                                      local_dir=dest))
+                    except RequestException:      # an OSError too: hub_errors words it
+                        raise
                     except OSError as e:          # disk full, size mismatch after transfer
                         raise PullError(f"downloading {f.path} failed: "
                                         f"{str(e).splitlines()[0][:200]}") from None
