@@ -9,7 +9,7 @@ asks (read in its file_download.py and hf_api.py):
 
 Point a process at it with HF_ENDPOINT. It counts the bytes it sends per file, can
 serve other bytes than it publishes (a corrupt download), stall a file after some
-bytes (a download killed half way), and gate a repo behind a token (HF_TOKEN)."""
+bytes (a download killed half way) or drop the connection there, and gate a repo behind a token (HF_TOKEN)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ class FakeHub:
         self.ranges: list[tuple[str, str | None]] = []   # (path, Range header) per GET
         self.stall: dict[str, int] = {}                  # path -> stop after this many bytes
         self.gated: dict[str, str] = {}                  # repo id -> the token it needs
+        self.drop: dict[str, int] = {}                   # path -> close the connection here
         self.stalled = threading.Event()                 # set once a stall point is reached
         self.release = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -156,6 +157,13 @@ class FakeHub:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 key = f"{repo_id}/{fpath}"
+                cut = hub.drop.pop(fpath, None)
+                if cut is not None and start < cut:      # the network goes away once
+                    self.wfile.write(body[:cut - start])
+                    self.wfile.flush()
+                    hub.served[key] += cut - start
+                    self.close_connection = True
+                    return
                 stop = hub.stall.get(fpath)
                 if stop is not None and start < stop:
                     part = body[:stop - start]

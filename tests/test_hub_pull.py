@@ -202,6 +202,22 @@ def test_resume_after_a_download_killed_half_way(hub, hub_env, tiny_gguf, tiny_q
     assert p.returncode == 0 and p.stdout == tiny_qa[0].answer + "\n", p.stderr
 
 
+def test_a_broken_connection_is_resumed_by_the_next_pull(hub, hub_env, tiny_gguf):
+    src = tiny_gguf["f16"]
+    size = src.stat().st_size
+    hub.add("org/Flaky-GGUF", {"Tiny-F16.gguf": src})
+    hub.drop["Tiny-F16.gguf"] = size - 1000
+    p = run_cli(hub_env, "pull", "org/Flaky-GGUF")
+    one_line_error(p, "the download of Tiny-F16.gguf broke off", "pull again to resume")
+    store = store_of(hub_env)
+    kept = _staged(store)
+    assert kept >= 1 << 20 and visible(store) == []
+    p = run_cli(hub_env, "pull", "org/Flaky-GGUF")
+    assert p.returncode == 0, p.stderr
+    assert hub.ranges[-1] == ("Tiny-F16.gguf", f"bytes={kept}-")
+    assert sha(store / "tiny-f16.gguf") == sha(src)
+
+
 def test_corrupt_download_is_refused(hub, hub_env, tiny_gguf):
     hub.add("org/Bad-GGUF", {"Tiny-Q8_0.gguf": tiny_gguf["q8_0"]})
     hub.corrupt("org/Bad-GGUF", "Tiny-Q8_0.gguf")

@@ -37,6 +37,7 @@ def fetch(repo: Repo, files: list[HubFile], dest: Path, console: Console | None 
     run left there, and check each LFS file's SHA-256. A corrupt file is removed and
     raises PullError."""
     from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
     from huggingface_hub.utils import disable_progress_bars
     from requests.exceptions import RequestException
     disable_progress_bars()
@@ -65,8 +66,12 @@ def fetch(repo: Repo, files: list[HubFile], dest: Path, console: Console | None 
                     try:
                         local = Path(hf_hub_download(repo.repo_id, f.path, revision=repo.commit,
                                                      local_dir=dest))
-                    except RequestException:      # an OSError too: hub_errors words it
+                    except HfHubHTTPError:        # an OSError too: hub_errors words it
                         raise
+                    except RequestException as e:  # the connection broke during the transfer
+                        raise PullError(
+                            f"the download of {f.path} broke off ({type(e).__name__}); "
+                            f"pull again to resume ({fmt_size(staged_bytes(dest))} kept)") from None
                     except OSError as e:          # disk full, size mismatch after transfer
                         raise PullError(f"downloading {f.path} failed: "
                                         f"{str(e).splitlines()[0][:200]}") from None
