@@ -57,6 +57,22 @@ def visible(store: Path) -> list[str]:
         if store.is_dir() else []
 
 
+def run_without_torch(env, *args) -> subprocess.CompletedProcess:
+    """The CLI with torch and transformers hidden from the import system, as without
+    the convert extra: importing either fails."""
+    code = ("import sys\n"
+            "class Hide:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('torch', 'transformers'):\n"
+            "            raise ModuleNotFoundError(name)\n"
+            "sys.meta_path.insert(0, Hide())\n"
+            "from edge_chat.cli import main\n"
+            f"sys.argv = ['edge_chat', *{list(args)!r}]\n"
+            "main()\n")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
 def test_gguf_repo_by_quant_by_file_and_list(hub, hub_env, tiny_gguf, tiny_qa):
     hub.add("org/Tiny-GGUF", {"Tiny-Q4_K_M.gguf": tiny_gguf["q4_k_m"],
                               "Tiny-Q8_0.gguf": tiny_gguf["q8_0"],
@@ -68,8 +84,8 @@ def test_gguf_repo_by_quant_by_file_and_list(hub, hub_env, tiny_gguf, tiny_qa):
         assert quant in p.stdout            # piped: the headers are whole
     assert "…" not in p.stdout
     assert "MB" in p.stdout and not store.exists()          # --list downloads nothing
-    # the default quant: q4_k_m, byte for byte, under a short store name
-    p = run_cli(hub_env, "pull", "org/Tiny-GGUF")
+    # the default quant: q4_k_m, byte for byte, under a short store name; no torch needed
+    p = run_without_torch(hub_env, "pull", "org/Tiny-GGUF")
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == str(store / "tiny-q4_k_m.gguf")
     assert sha(store / "tiny-q4_k_m.gguf") == sha(tiny_gguf["q4_k_m"])
@@ -249,18 +265,8 @@ def test_bad_repos_and_no_network_are_one_line(hub, hub_env):
 
 def test_safetensors_repo_is_converted_or_names_the_extra(hub, hub_env, tiny_hf, tiny_qa):
     hub.add("org/tiny-hf", folder_files(tiny_hf))
-    # without the convert extra (torch and transformers hidden from the import system)
-    block = ("import sys\n"
-             "class Hide:\n"
-             "    def find_spec(self, name, path=None, target=None):\n"
-             "        if name.split('.')[0] in ('torch', 'transformers'):\n"
-             "            raise ModuleNotFoundError(name)\n"
-             "sys.meta_path.insert(0, Hide())\n"
-             "from edge_chat.cli import main\n"
-             "sys.argv = ['edge_chat', 'pull', 'org/tiny-hf']\n"
-             "main()\n")
-    p = subprocess.run([sys.executable, "-c", block], env=hub_env, capture_output=True,
-                       text=True, timeout=120)
+    # without the convert extra
+    p = run_without_torch(hub_env, "pull", "org/tiny-hf")
     one_line_error(p, "safetensors", "pip install 'edge-chat[convert]'")
     p = run_cli(hub_env, "pull", "org/tiny-hf", "--quant", "q8_0", timeout=600)
     assert p.returncode == 0, p.stderr
@@ -337,3 +343,22 @@ def test_default_store_and_the_empty_store_hint(tmp_path, tiny_gguf):
     assert p.returncode == 0 and "./models" in p.stdout and "tiny-q8_0" in p.stdout
     env["EDGE_CHAT_MODELS"] = str(tmp_path / "elsewhere")
     assert "$EDGE_CHAT_MODELS" in run_cli(env, "models", cwd=work).stderr
+
+
+def test_serve_pulls_a_hub_id_with_yes(hub, hub_env, tiny_gguf, tiny_qa, tmp_path, monkeypatch):
+    from openai import OpenAI
+
+    from tests.test_server_helpers import FAST, Server
+    hub.add("org/Tiny-GGUF", {"Tiny-Q8_0.gguf": tiny_gguf["q8_0"]})
+    for k in ("HF_ENDPOINT", "HF_HOME"):
+        monkeypatch.setenv(k, hub_env[k])
+    server = Server(store_of(hub_env), "org/Tiny-GGUF", "--yes", *FAST, log=tmp_path / "log")
+    try:
+        client = OpenAI(base_url=server.url, api_key="unused")
+        assert [m.id for m in client.models.list()] == ["tiny-q8_0"]
+        qa = tiny_qa[0]
+        r = client.chat.completions.create(model="tiny-q8_0", messages=qa.messages,
+                                           temperature=0)
+        assert r.choices[0].message.content == qa.answer
+    finally:
+        server.stop()
