@@ -52,8 +52,7 @@ TemplateOpt = typer.Option(None, "--chat-template",
 
 
 def _in_store(spec: Optional[str], yes: bool) -> Optional[str]:
-    """A hub id (org/name) that is not in the store is pulled: after a question on a
-    terminal, at once with --yes, never silently when stdin is not a terminal."""
+    """A hub id not in the store: pulled after a question on a terminal, or with --yes."""
     from edge_chat.hub.pull import ensure_model
     return ensure_model(spec, yes=yes, interactive=sys.stdin.isatty(),
                         confirm=lambda q: typer.confirm(q, default=True, err=True))
@@ -321,15 +320,12 @@ def convert(
 @command
 def pull(
     spec: str = typer.Argument(..., help="A hub id: org/name, org/name:QUANT or org/name:FILE.gguf."),
-    quant: Optional[str] = typer.Option(None, "--quant", "-q",
-                                        help="GGUF repo: the quant (default q4_k_m); ONNX repo: "
-                                             "the variant; safetensors repo: as in convert."),
-    to: Optional[str] = typer.Option(None, "--to", help="gguf or onnx: the format to take "
-                                                       "(a safetensors repo is converted to it)."),
+    quant: Optional[str] = typer.Option(None, "--quant", "-q", help="GGUF: the quant (default "
+                                        "q4_k_m); ONNX: the variant; safetensors: as in convert."),
+    to: Optional[str] = typer.Option(None, "--to", help="gguf or onnx (safetensors: convert to)."),
     list_only: bool = typer.Option(False, "--list", help="Show what the repo offers, with sizes."),
 ):
-    """Get a model from the Hugging Face hub into the store: GGUF and ONNX repos as they are,
-    safetensors repos converted (the convert extra)."""
+    """Get a model from the Hugging Face hub: GGUF/ONNX repos as they are, safetensors converted."""
     from edge_chat.hub.pull import offers_table
     from edge_chat.hub.pull import pull as run_pull
     from edge_chat.tables import print_table
