@@ -46,7 +46,7 @@ VramOpt = typer.Option(None, "--vram", help="GGUF: GPU memory budget for --gpu-l
 KvOpt = typer.Option("f16", "--kv-type", help="GGUF: KV cache type: f16 or q8_0.")
 MmapOpt = typer.Option(True, "--mmap/--no-mmap", help="GGUF: memory-map the weights.")
 ProviderOpt = typer.Option("cpu", "--provider", help="ONNX: execution provider (cpu, cuda, ...).")
-YesOpt = typer.Option(False, "--yes", "-y", help="A hub id not in the store: pull it without asking.")
+YesOpt = typer.Option(False, "--yes", "-y", help="Pull a hub id not in the store without asking.")
 TemplateOpt = typer.Option(None, "--chat-template",
                            help="A Jinja file or a built-in name (chatml, gemma, llama3, phi3, mistral).")
 

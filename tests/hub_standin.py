@@ -9,7 +9,8 @@ asks (read in its file_download.py and hf_api.py):
 
 Point a process at it with HF_ENDPOINT. It counts the bytes it sends per file, can
 serve other bytes than it publishes (a corrupt download), stall a file after some
-bytes (a download killed half way) or drop the connection there, and gate a repo behind a token (HF_TOKEN)."""
+bytes (a download killed half way) or drop the connection there, and gate a repo
+behind a token (HF_TOKEN)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pexpect
-import pytest
 
 from edge_chat.hub import DEFAULT_MODEL
 from tests.fixtures_hub import (folder_files, genai_folder, hub, hub_env,  # noqa: F401

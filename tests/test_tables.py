@@ -16,7 +16,8 @@ from edge_chat.tables import print_table
 HEADERS = ["model", "format", "load s", "peak RSS", "1st-token ms (128)",
            "prefill tok/s (128)", "decode tok/s (1024)", "histogram"]
 ROWS = [["qwen2.5-coder-0.5b-instruct-q4_k_m", "gguf", "0.56", "788 MB", "612 ± 3", "205.1",
-         "41.8", "▁▂▃"], ["tiny", "onnx", "0.1", "78 MB", "12 ± 3", "2015.1", "410.8", "▁▂▃"]]
+         "41.8", "▁▂▃"],
+        ["tiny", "onnx", "0.1", "78 MB", "12 ± 3", "2015.1", "410.8", "▁▂▃"]]
 
 
 def render(**console) -> str:

@@ -17,8 +17,8 @@ from edge_chat.store import SPLIT_RE, slug
 _HUB_PREFIX = re.compile(r"^(?:https?://)?(?:www\.)?(?:hf\.co|huggingface\.co)/", re.IGNORECASE)
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)(?::(?P<tag>[^/:]+))?/?$")
 #: a quant in a GGUF file name: Q4_K_M, q8_0, IQ4_XS, UD-Q4_K_XL, BF16, F16, MXFP4...
-_QUANT = re.compile(r"(?<![a-z0-9])((?:ud[-_])?(?:i?q\d(?:_[a-z0-9]+)*|bf16|fp?16|fp?32|mxfp4(?:_moe)?))"
-                    r"(?![a-z0-9])", re.IGNORECASE)
+_QUANT = re.compile(r"(?<![a-z0-9])((?:ud[-_])?(?:i?q\d(?:_[a-z0-9]+)*|bf16|fp?16|fp?32"
+                    r"|mxfp4(?:_moe)?))(?![a-z0-9])", re.IGNORECASE)
 #: when the default quant is missing: the nearest in size and quality first
 _FALLBACK = ("q4_k_m", "q4_k_s", "iq4_xs", "iq4_nl", "q4_0", "q5_k_m", "q5_k_s", "q5_0", "q6_k",
              "q8_0", "q3_k_l", "q3_k_m", "bf16", "f16")
