@@ -37,7 +37,7 @@ def fetch(repo: Repo, files: list[HubFile], dest: Path, console: Console | None 
     run left there, and check each LFS file's SHA-256. A corrupt file is removed and
     raises PullError."""
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
     from huggingface_hub.utils import disable_progress_bars
     from requests.exceptions import RequestException
     disable_progress_bars()
@@ -66,7 +66,7 @@ def fetch(repo: Repo, files: list[HubFile], dest: Path, console: Console | None 
                     try:
                         local = Path(hf_hub_download(repo.repo_id, f.path, revision=repo.commit,
                                                      local_dir=dest))
-                    except HfHubHTTPError:        # an OSError too: hub_errors words it
+                    except (HfHubHTTPError, OfflineModeIsEnabled):   # OSErrors too: hub_errors
                         raise
                     except RequestException as e:  # the connection broke during the transfer
                         raise PullError(
