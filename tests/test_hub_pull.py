@@ -102,6 +102,10 @@ def test_gguf_repo_by_quant_by_file_and_list(hub, hub_env, tiny_gguf, tiny_qa):
     served = sum(hub.served.values())
     assert run_cli(hub_env, "pull", "org/Tiny-GGUF").returncode == 0
     assert sum(hub.served.values()) == served
+    # another repo's file of the same name is not taken for this one
+    hub.add("other/Tiny-GGUF", {"Tiny-Q8_0.gguf": tiny_gguf["q4_k_m"]})
+    one_line_error(run_cli(hub_env, "pull", "other/Tiny-GGUF"),
+                   "already has a model named tiny-q8_0", "edge_chat rm tiny-q8_0")
     # chat by store name and by hub id (found in the store, so no question, no download)
     qa = tiny_qa[0]
     for model in ("tiny-q8_0", "org/Tiny-GGUF:tiny.F16.gguf", "org/tiny-gguf:Q8_0"):

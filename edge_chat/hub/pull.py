@@ -39,14 +39,24 @@ def _keys(spec: str) -> list[str]:
     return [f"{repo_id}:{tag}".lower(), f"{repo_id}:{norm_quant(tag)}".lower()]
 
 
+def _index(root: Path) -> dict[str, str]:
+    try:
+        return json.loads((root / INDEX).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _choice_key(repo: Repo, choice: Choice) -> str:
+    """The index key naming exactly this choice: `repo:FILE` (GGUF) or `repo:FOLDER`."""
+    what = choice.files[0].path.rsplit("/", 1)[-1] if choice.kind == "gguf" else choice.label
+    return f"{repo.repo_id}:{what}".lower()
+
+
 def find_pulled(spec: str, root: Path | None = None) -> Path | None:
     """The store path of a model pulled earlier as `spec` (`org/name` is the last one
     pulled from that repo), or None."""
     root = root or models_dir()
-    try:
-        index = json.loads((root / INDEX).read_text())
-    except (OSError, ValueError):
-        return None
+    index = _index(root)
     for k in _keys(spec):
         if k in index:
             try:
@@ -59,14 +69,10 @@ def find_pulled(spec: str, root: Path | None = None) -> Path | None:
 def _remember(spec: str, repo: Repo, choice: Choice, name: str, root: Path) -> None:
     """Index the model under the hub id (the last pulled from that repo), the spec as
     given, and `repo:QUANT` / `repo:FILE` for GGUF."""
-    try:
-        index = json.loads((root / INDEX).read_text())
-    except (OSError, ValueError):
-        index = {}
-    keys = {*_keys(spec), repo.repo_id.lower()}
+    index = _index(root)
+    keys = {*_keys(spec), repo.repo_id.lower(), _choice_key(repo, choice)}
     if choice.kind == "gguf":
-        keys |= {f"{repo.repo_id}:{choice.label}".lower(),
-                 f"{repo.repo_id}:{choice.files[0].path.rsplit('/', 1)[-1]}".lower()}
+        keys.add(f"{repo.repo_id}:{choice.label}".lower())
     for k in keys:
         index[k] = name
     write_json_atomic(root / INDEX, index)
@@ -117,6 +123,10 @@ def pull(spec: str, quant: str | None = None, to: str | None = None,
         return _convert(repo, choice, to, quant or parse_spec(spec)[1], spec, console)
     final = root / (choice.name if choice.kind == "onnx" else _gguf_name(choice, 1))
     if final.exists():
+        if _index(root).get(_choice_key(repo, choice)) != choice.name:
+            raise PullError(f"the store {root} already has a model named {choice.name}, not "
+                            f"pulled from '{repo.repo_id}': remove it first (edge_chat rm "
+                            f"{choice.name})")
         console.print(f"{choice.name} is already in the store {root} "
                       f"('edge_chat rm {choice.name}' first to download it again)")
         _remember(spec, repo, choice, choice.name, root)
