@@ -165,23 +165,24 @@ class LocalEngine:
                 tok = self.pick(rows, out, sampler, processors, logprobs)
                 ctl.plain(clock() - t0)
                 continue
+            from_prediction = drafters.last.kind == "prediction"
+            stats.rounds += 1
+            stats.drafted += len(draft)
             accepted = 0
             for i in range(len(draft) + 1):
                 tok = self.pick(rows[i], out, sampler, processors, logprobs)
                 if i == len(draft) or tok.id != draft[i] or stop():
                     break
                 accepted += 1
+                stats.accepted += 1
+                stats.prediction_accepted += from_prediction
                 sampler.accept(tok.id)
                 out.append(tok.id)
                 drafters.feed([tok.id])
                 yield tok
                 if self.is_eog(tok.id):
                     break
-            stats.rounds += 1
-            stats.drafted += len(draft)
-            stats.accepted += accepted
-            if drafters.last is not None and drafters.last.kind == "prediction":
-                stats.prediction_accepted += accepted
+            if from_prediction:
                 stats.prediction_rejected += len(draft) - accepted
             with self._lock:
                 if stop():

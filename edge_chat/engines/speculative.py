@@ -30,6 +30,9 @@ from dataclasses import dataclass
 
 #: most tokens drafted for one round
 K_MAX = 12
+#: the cost of a verification pass per drafted token, in plain steps, until a
+#: plain step has been timed
+COST_PER_DRAFT = 0.25
 #: the n-gram sizes prompt lookup matches, longest first
 LOOKUP_NGRAMS = (4, 3, 2)
 PREDICTION_NGRAMS = (4, 3, 2, 1)
@@ -190,9 +193,10 @@ class Adaptive:
     """Draft length from recent acceptance; speculation off while it loses.
 
     `t_plain` (seconds per plain step, a moving average) is compared with the
-    seconds per produced token of verified rounds (drafting included); a losing
-    streak turns drafting off for `backoff` tokens, doubled each time it loses
-    again, reset when it wins."""
+    seconds per produced token of verified rounds (drafting included; until a
+    plain step is timed, a round costs 1 + COST_PER_DRAFT x drafted steps); a
+    losing streak turns drafting off for `backoff` tokens, doubled each time it
+    loses again, reset when it wins."""
 
     def __init__(self):
         self.t_plain: float | None = None
@@ -205,16 +209,15 @@ class Adaptive:
         self.gain: float | None = None      # moving average of plain time / round time per token
 
     def length(self, produced: int) -> int:
-        if self.t_plain is None or produced < self.off_until:
-            return 0
-        return self.k
+        return 0 if produced < self.off_until else self.k
 
     def plain(self, seconds: float) -> None:
         self.t_plain = seconds if self.t_plain is None else 0.8 * self.t_plain + 0.2 * seconds
 
     def update(self, drafted: int, accepted: int, seconds: float, produced: int) -> None:
         self.k = min(self.k * 2, K_MAX) if accepted == drafted else max(1, accepted + 1)
-        gain = self.t_plain * (accepted + 1) / max(seconds, 1e-9)
+        cost = seconds / self.t_plain if self.t_plain else 1 + COST_PER_DRAFT * drafted
+        gain = (accepted + 1) / max(cost, 1e-9)
         self.gain = gain if self.gain is None else 0.6 * self.gain + 0.4 * gain
         if self.gain < 1.0:
             self.off_until = produced + self.backoff

@@ -1,0 +1,198 @@
+"""Speculative decoding on both engines (tiny trained model): the same answers as
+plain decoding (greedy and seeded sampling), the acceptance rule, drafts from the
+prompt, a prediction and a draft model, processors and stop strings with drafts,
+the rejected tail cut from the cache."""
+
+import math
+
+import numpy as np
+import pytest
+
+from edge_chat.chat.params import make_params
+from edge_chat.engines import EngineOptions, load_engine
+from edge_chat.errors import EdgeChatError
+from edge_chat.runtime import open_chat
+
+GREEDY = make_params(temperature=0)
+#: a prompt that repeats the text it asks for: prompt lookup has runs to copy
+COPY_ME = "Say hello. Say hello. What is the capital of France? Say hello."
+
+
+def _path(request, kind):
+    if kind == "gguf":
+        return request.getfixturevalue("tiny_gguf")["f16"]
+    return request.getfixturevalue("tiny_onnx")["fp32"]
+
+
+@pytest.fixture(scope="module", params=["gguf", "onnx"])
+def kind(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def engine(request, kind):
+    eng = load_engine(_path(request, kind), EngineOptions(threads=1))
+    yield eng
+    eng.close()
+
+
+def chatml(question: str) -> str:
+    return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def run(engine, prompt, params=GREEDY, mode="auto", limit=40, **kw) -> list[int]:
+    engine.speculative = mode
+    out = []
+    try:
+        for tok in engine.generate(prompt, params, **kw):
+            out.append(tok.id)
+            if len(out) >= limit:
+                break
+    finally:
+        engine.speculative = "auto"
+    return out
+
+
+def prompts(engine, tiny_qa):
+    texts = [chatml(q) for q in ("What is the capital of France?", COPY_ME, "Count to five.")]
+    out = [engine.tokenize(t) for t in texts]
+    for qa in tiny_qa:
+        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n"
+                       for m in qa.messages) + "<|im_start|>assistant\n"
+        out.append(engine.tokenize(text))
+    return out
+
+
+def test_greedy_output_identical_to_plain_decoding(engine, tiny_qa):
+    for prompt in prompts(engine, tiny_qa):
+        plain = run(engine, prompt, mode="off")
+        assert engine.speculation.rounds == 0
+        assert run(engine, prompt, mode="lookup") == plain
+        # the answer itself as the prediction: drafted, verified, all kept
+        assert run(engine, prompt, mode="off", prediction=plain) == plain
+        stats = engine.speculation
+        if len(plain) > 2:
+            assert stats.rounds > 0 and stats.prediction_accepted > 0
+            assert stats.prediction_rejected == 0
+        # a wrong prediction: rejected, and still the same answer
+        wrong = engine.tokenize("Grass is green. The sky is blue. 1, 2, 3, 4, 5.")
+        assert run(engine, prompt, mode="off", prediction=wrong) == plain
+
+
+def test_seeded_sampling_identical_to_plain_decoding(engine):
+    prompt = engine.tokenize(chatml(COPY_ME))
+    hot = make_params(temperature=1.2, top_k=0, top_p=1.0, min_p=0.0, max_tokens=16)
+    for seed in range(6):
+        p = hot.model_copy(update={"seed": seed})
+        plain = run(engine, prompt, p, mode="off", limit=16)
+        guess = run(engine, prompt, GREEDY, mode="off", limit=16)
+        assert run(engine, prompt, p, mode="off", prediction=guess, limit=16) == plain
+        assert run(engine, prompt, p, mode="lookup", limit=16) == plain
+
+
+def test_acceptance_rule_keeps_a_draft_with_its_probability(engine):
+    """Drafts are one-hot, so the rule accepts draft d with probability p(d)
+    (and otherwise draws from p without d): over seeds, the share of rounds
+    that keep d matches p(d) from the model's logprobs."""
+    prompt = engine.tokenize(chatml("hello"))     # untrained: an uncertain answer
+    first = run(engine, prompt, mode="off", limit=1)[0]
+    # the exact distribution of the second token: softmax of the raw logits row
+    engine.trim(0)
+    engine.eval(prompt)
+    row = engine.eval([first]).astype(np.float64)
+    temp = 1.0
+    p = np.exp((row - row.max()) / temp)
+    p /= p.sum()
+    draft = int(np.argsort(-p)[1])          # a likely but not certain token
+    assert 0.1 < p[draft] < 0.9, "need an uncertain position"
+    params = make_params(temperature=temp, top_k=0, top_p=1.0, min_p=0.0)
+    n, kept, rounds = 0, 0, []
+    for seed in range(300):
+        out = run(engine, prompt, params.model_copy(update={"seed": seed}), mode="off",
+                  limit=2, prediction=[first, draft, draft])
+        if out[0] != first:
+            continue
+        n += 1
+        kept += out[1] == draft
+        rounds.append(engine.speculation.rounds)
+    assert n >= 30 and all(r >= 1 for r in rounds), "the draft was verified every time"
+    share = kept / n
+    sigma = math.sqrt(p[draft] * (1 - p[draft]) / n)
+    assert abs(share - p[draft]) < 4 * sigma + 1e-9, (share, p[draft], n)
+
+
+def test_rejected_tail_leaves_the_cache(engine):
+    prompt = engine.tokenize(chatml("What is the capital of France?"))
+    plain = run(engine, prompt, mode="off")
+    wrong = plain[:3] + engine.tokenize(" Grass is green and the sky is blue")
+    out = run(engine, prompt, mode="off", prediction=wrong)
+    assert out == plain and engine.speculation.prediction_rejected > 0
+    assert engine.kv.tokens in (prompt + out[:-1], prompt + out)
+
+
+def test_processors_and_stop_strings_with_drafts(request, kind, tiny_qa):
+    model = open_chat(str(_path(request, kind)), EngineOptions(threads=1))
+    try:
+        qa = tiny_qa[0]
+        answer = model.complete(qa.messages, GREEDY).choices[0].text
+        word = answer.split()[3]
+        stop = make_params(temperature=0, stop=[word])
+        c = model.complete(qa.messages, stop, prediction=answer)
+        assert c.choices[0].text == answer[:answer.index(word)]
+        first = model.engine.tokenize(answer)[0]
+
+        def ban_first(tokens, row):
+            if not tokens:
+                row[first] = -np.inf
+        model.engine.speculative = "off"
+        plain = model.complete(qa.messages, GREEDY, processors=[ban_first]).choices[0].text
+        model.engine.speculative = "auto"
+        drafted = model.complete(qa.messages, GREEDY, processors=[ban_first], prediction=answer)
+        assert drafted.choices[0].text == plain != answer
+        # Predicted Outputs usage: the answer predicted exactly is all accepted
+        c = model.complete(qa.messages, GREEDY, prediction=answer)
+        assert c.choices[0].text == answer
+        assert c.usage.accepted_prediction_tokens > 0
+        assert c.usage.as_dict()["completion_tokens_details"]["rejected_prediction_tokens"] == 0
+        if kind == "gguf":      # the GBNF grammar processor follows verified drafts
+            grammar = model.grammar_for({"type": "json_object"})
+            p = make_params(temperature=0, max_tokens=60)
+            model.engine.speculative = "off"
+            a = model.complete(qa.messages, p, grammar=grammar).choices[0].text
+            model.engine.speculative = "auto"
+            b = model.complete(qa.messages, p, grammar=grammar, prediction=a).choices[0].text
+            assert a == b and a.lstrip().startswith("{")
+    finally:
+        model.engine.close()
+
+
+def test_draft_model(request, kind, tiny_qa):
+    """A draft model with the same vocabulary (here the same model at another
+    precision, in the other format too) drafts; the answers stay the same."""
+    drafts = [request.getfixturevalue("tiny_gguf")["q8_0"],
+              request.getfixturevalue("tiny_onnx")["int8"]]
+    for draft in drafts:
+        eng = load_engine(_path(request, kind), EngineOptions(threads=1, speculative="draft",
+                                                              draft=str(draft)))
+        try:
+            assert eng.draft_engine is not None
+            for prompt in prompts(eng, tiny_qa)[:6]:
+                plain = run(eng, prompt, mode="off")
+                assert run(eng, prompt, mode="draft") == plain
+                stats = eng.speculation
+                if len(plain) > 3:
+                    assert stats.drafted > 0 and stats.accepted > 0
+        finally:
+            eng.close()
+        assert eng.closed and eng.draft_engine is None
+
+
+def test_bad_options_are_one_line_errors(request):
+    path = _path(request, "gguf")
+    with pytest.raises(EdgeChatError, match="--speculative must be one of"):
+        load_engine(path, EngineOptions(speculative="sometimes"))
+    with pytest.raises(EdgeChatError, match="needs --draft"):
+        load_engine(path, EngineOptions(speculative="draft"))
+    with pytest.raises(EdgeChatError, match="draft model: .*not found") as e:
+        load_engine(path, EngineOptions(draft="/no/such/model.gguf"))
+    assert e.value.param == "draft"
