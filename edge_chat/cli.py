@@ -360,6 +360,8 @@ def bench(
     reps: int = typer.Option(3, "--reps", min=1, help="Measured runs per prompt length (after a warm-up)."),
     history: int = typer.Option(1536, "--history", min=0,
                                 help="Tokens of history before the second turn (0: skip it)."),
+    edits: int = typer.Option(3, "--edits", min=0, help="Code edits answered plain, speculative "
+                              "and with a prediction (acceptance, effective tok/s); 0: skip."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write bar charts to this PNG."),
     chat_template: Optional[str] = TemplateOpt,
@@ -372,8 +374,9 @@ def bench(
     import json
     from dataclasses import asdict
 
-    from edge_chat.bench import BenchConfig, bench_models, parse_lengths, require_matplotlib, table
-    from edge_chat.bench import plot as write_plot
+    from edge_chat.bench import BenchConfig, bench_models, parse_lengths, table
+    from edge_chat.bench_plot import plot as write_plot
+    from edge_chat.bench_plot import require_matplotlib
     from edge_chat.store import resolve_model
     paths = [str(resolve_model(m)) for m in models]
     if plot is not None:
@@ -381,7 +384,7 @@ def bench(
     opts = asdict(_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
                                   speculative, draft))
     cfg = BenchConfig(prompt_lengths=parse_lengths(prompt_lengths), gen=gen, reps=reps,
-                      history=history, chat_template=chat_template, options=opts)
+                      history=history, edits=edits, chat_template=chat_template, options=opts)
     results = bench_models(paths, cfg, quiet=json_out)
     if json_out:
         print(json.dumps(results, indent=2))

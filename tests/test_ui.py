@@ -225,3 +225,14 @@ def test_page_builds_offline(ui):
     assert not page.analytics_enabled
     t = theme()
     assert not t._stylesheets and "googleapis" not in t._get_theme_css()
+
+
+def test_footer_shows_the_acceptance_of_drafted_tokens(ui):
+    """An answer that repeats the history ("The capital of ..."): prompt lookup
+    drafts from it and the footer shows how many drafted tokens were kept."""
+    qa = TRAINED_QA[-1]
+    _, history, text = split(qa.messages)
+    conv, _, _ = ask(ui, Conversation(history), text)
+    assert conv.messages[-1]["content"] == qa.answer
+    foot = conv.messages[-1]["footer"]
+    assert "tok/s · " in foot and "drafted tokens accepted" in foot
