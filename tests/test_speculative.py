@@ -196,3 +196,29 @@ def test_bad_options_are_one_line_errors(request):
     with pytest.raises(EdgeChatError, match="draft model: .*not found") as e:
         load_engine(path, EngineOptions(draft="/no/such/model.gguf"))
     assert e.value.param == "draft"
+
+
+def test_small_draft_model_trained_on_the_same_corpus(request, kind, tiny_qa, tiny_draft_gguf):
+    """The fixture pair: a 1-layer model trained on the same conversations and
+    tokenizer drafts for the tiny model; greedy answers stay the plain ones and
+    some drafted tokens are accepted."""
+    eng = load_engine(_path(request, kind), EngineOptions(threads=1, speculative="draft",
+                                                          draft=str(tiny_draft_gguf)))
+    try:
+        drafted = accepted = 0
+        for prompt in prompts(eng, tiny_qa):
+            plain = run(eng, prompt, mode="off")
+            assert run(eng, prompt, mode="draft") == plain
+            drafted += eng.speculation.drafted
+            accepted += eng.speculation.accepted
+        assert drafted > 0 and 0 < accepted <= drafted
+    finally:
+        eng.close()
+
+
+@pytest.mark.real_model
+def test_draft_model_with_another_vocabulary_is_one_line_error(request, real_gemma_gguf):
+    gemma = real_gemma_gguf
+    with pytest.raises(EdgeChatError, match="different vocabulary") as e:
+        load_engine(_path(request, "gguf"), EngineOptions(threads=1, draft=str(gemma)))
+    assert e.value.param == "draft" and "\n" not in str(e.value)
