@@ -222,3 +222,44 @@ def test_draft_model_with_another_vocabulary_is_one_line_error(request, real_gem
     with pytest.raises(EdgeChatError, match="different vocabulary") as e:
         load_engine(_path(request, "gguf"), EngineOptions(threads=1, draft=str(gemma)))
     assert e.value.param == "draft" and "\n" not in str(e.value)
+
+
+def test_adaptive_length_and_switching_off():
+    """The controller alone (timings given): the draft length grows while drafts
+    are all kept and shrinks to what was kept; rounds slower per token than plain
+    steps turn drafting off for 16 tokens, then 32; a winning round resets that."""
+    from edge_chat.engines.speculative import K_MAX, Adaptive
+    a = Adaptive()
+    a.plain(0.010)                               # a plain step: 10 ms
+    assert a.length(0) == 4
+    a.update(4, 4, 0.015, 5)                     # 5 tokens in 15 ms: wins
+    assert a.k == 8 and a.length(5) == 8
+    a.update(8, 8, 0.020, 14)
+    a.update(K_MAX, K_MAX, 0.025, 27)
+    assert a.k == K_MAX
+    a.update(K_MAX, 2, 0.025, 30)                # 3 tokens in 25 ms: still wins on average
+    assert a.k == 3 and a.length(30) == 3
+    for produced in range(31, 41):               # 1 token per 20 ms: loses
+        a.update(3, 0, 0.020, produced)
+        if a.length(produced) == 0:
+            break
+    assert a.length(produced) == 0 and a.length(produced + 15) == 0
+    assert a.length(produced + 16) > 0           # back after 16 tokens
+    a.update(1, 0, 0.020, produced + 16)         # loses again: off for 32
+    assert a.length(produced + 16 + 31) == 0 and a.length(produced + 16 + 32) > 0
+    a.begin()                                    # a new request starts drafting again
+    assert a.length(0) == 4 and a.t_plain == 0.010
+
+
+def test_lookup_and_prediction_drafts():
+    from edge_chat.engines.speculative import Lookup, Prediction
+    look = Lookup([1, 2, 3, 4, 5, 9, 1, 2])
+    assert look.draft(3) == [3, 4, 5]            # "1 2" was followed by "3 4 5"
+    look.feed([7])
+    assert look.draft(3) == []                   # "2 7" never seen
+    pred = Prediction([10, 11, 12, 13, 14, 15, 16])
+    assert pred.draft(3) == [10, 11, 12]         # nothing generated yet: from the start
+    pred.feed([10, 11, 99])                      # an edit: off the prediction
+    assert pred.draft(2) == []
+    pred.feed([13, 14])                          # back on it: found again by n-gram
+    assert pred.draft(2) == [15, 16]
