@@ -263,3 +263,26 @@ def test_lookup_and_prediction_drafts():
     assert pred.draft(2) == []
     pred.feed([13, 14])                          # back on it: found again by n-gram
     assert pred.draft(2) == [15, 16]
+
+
+def test_cli_options(tiny_gguf, tiny_draft_gguf, tiny_qa):
+    """`chat --speculative/--draft`: the answer and the acceptance on stderr with
+    --stats; bad values are one `error:` line."""
+    import os
+    import subprocess
+    import sys
+    exe = [sys.executable, "-m", "edge_chat", "chat", str(tiny_gguf["f16"]), "--threads", "1",
+           "--temperature", "0"]
+    env = dict(os.environ)
+    qa = tiny_qa[0]
+    p = subprocess.run(exe + ["-p", qa.messages[-1]["content"], "--stats", "--speculative",
+                              "draft", "--draft", str(tiny_draft_gguf)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == qa.answer and "drafted accepted" in p.stderr
+    for args, match in ((["--speculative", "sometimes"], "--speculative must be one of"),
+                        (["--draft", "/no/such.gguf"], "draft model: ")):
+        p = subprocess.run(exe + ["-p", "hi", *args], capture_output=True, text=True, env=env,
+                           timeout=300)
+        assert p.returncode != 0 and p.stderr.startswith("error:") and match in p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
