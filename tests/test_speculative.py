@@ -286,3 +286,39 @@ def test_cli_options(tiny_gguf, tiny_draft_gguf, tiny_qa):
                            timeout=300)
         assert p.returncode != 0 and p.stderr.startswith("error:") and match in p.stderr
         assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_predicted_outputs_through_the_api(tiny_gguf, tiny_onnx, tiny_qa, tmp_path):
+    """OpenAI's `prediction` through a real `edge_chat serve` and the openai client:
+    the same answer, accepted/rejected prediction tokens in usage; a bad shape is a 400."""
+    import openai
+
+    from tests.test_server_helpers import FAST, Server, make_store
+    store = make_store(tmp_path / "store", {"tiny.gguf": tiny_gguf["f16"],
+                                            "tiny-onnx": tiny_onnx["int8"]})
+    server = Server(store, *FAST, log=tmp_path / "server.log")
+    try:
+        client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+        qa = tiny_qa[0]
+        for model in ("tiny", "tiny-onnx"):
+            plain = client.chat.completions.create(model=model, messages=qa.messages,
+                                                   temperature=0)
+            assert plain.usage.completion_tokens_details is None
+            r = client.chat.completions.create(
+                model=model, messages=qa.messages, temperature=0,
+                prediction={"type": "content", "content": qa.answer})
+            assert r.choices[0].message.content == plain.choices[0].message.content
+            d = r.usage.completion_tokens_details
+            assert d.accepted_prediction_tokens > 0 and d.rejected_prediction_tokens == 0
+            wrong = client.chat.completions.create(
+                model=model, messages=qa.messages, temperature=0,
+                prediction={"type": "content", "content": [
+                    {"type": "text", "text": "The capital of Spain is Madrid, of course."}]})
+            assert wrong.choices[0].message.content == plain.choices[0].message.content
+            assert wrong.usage.completion_tokens_details.rejected_prediction_tokens > 0
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="tiny", messages=qa.messages,
+                                           prediction={"type": "content", "content": 3})
+        assert e.value.body["param"] == "prediction"
+    finally:
+        server.stop()
