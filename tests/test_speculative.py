@@ -253,10 +253,11 @@ def test_adaptive_length_and_switching_off():
 
 def test_lookup_and_prediction_drafts():
     from edge_chat.engines.speculative import Lookup, Prediction
-    look = Lookup([1, 2, 3, 4, 5, 9, 1, 2])
-    assert look.draft(3) == [3, 4, 5]            # "1 2" was followed by "3 4 5"
+    look = Lookup([1, 2, 3, 4, 5, 9, 1, 2, 3])
+    assert look.draft(3) == [4, 5, 9]            # "1 2 3" was followed by "4 5 9"
     look.feed([7])
-    assert look.draft(3) == []                   # "2 7" never seen
+    assert look.draft(3) == []                   # "2 3 7" never seen
+    assert Lookup([5, 6, 1, 5, 6]).draft(2) == []   # two-token matches are too weak
     pred = Prediction([10, 11, 12, 13, 14, 15, 16])
     assert pred.draft(3) == [10, 11, 12]         # nothing generated yet: from the start
     pred.feed([10, 11, 99])                      # an edit: off the prediction
