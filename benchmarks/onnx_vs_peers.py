@@ -65,6 +65,7 @@ def genai_model(hf: Path, py: Path) -> Path:
         say(f"onnxruntime-genai builder: {hf} -> {out} (int4, cpu) ...")
         tmp = out.with_name(out.name + ".tmp")
         log = out.with_name(out.name + ".log")
+        out.parent.mkdir(parents=True, exist_ok=True)      # a fresh machine has no genai/ yet
         with open(log, "w") as f:
             proc = subprocess.run([str(py), "-m", "onnxruntime_genai.models.builder", "-i",
                                    str(hf), "-o", str(tmp), "-p", "int4", "-e", "cpu",

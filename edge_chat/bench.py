@@ -45,6 +45,8 @@ class BenchConfig:
     reps: int = 3
     warmup: int = 1
     history: int = 1536                  # tokens of history before the second turn
+    edits: int = 3                       # code edits of the speculative workload (0: skip)
+    edit_tokens: int = 400               # most tokens of one edit's answer
     chat_template: str | None = None
     options: dict = field(default_factory=dict)   # EngineOptions fields
 
@@ -100,10 +102,7 @@ def eog_ids(engine) -> list[int]:
     ids = engine.info.extra.get("eog_ids")
     if ids is not None:
         return [int(i) for i in ids]
-    n_vocab = getattr(engine, "n_vocab", None)
-    if n_vocab is None and hasattr(engine, "_llm"):      # GGUF
-        n_vocab = engine._llm.n_vocab()
-    return [t for t in range(int(n_vocab or 0)) if engine.is_eog(t)]
+    return [t for t in range(engine.n_vocab) if engine.is_eog(t)]
 
 
 def filler_tokens(engine, n: int) -> list[int]:
@@ -257,12 +256,19 @@ def measure(path: str, cfg: BenchConfig, progress=None) -> dict:
                "import_s": import_s, "load_s": load_s, "rss_before_load": rss0,
                "rss_after_load": rss_loaded, "config": asdict(cfg), "lengths": []}
         runner = Runner(model, cfg)
-        for n in cfg.prompt_lengths:
-            say(f"{info.name}: prompt {n} tokens, {cfg.warmup}+{cfg.reps} runs")
-            out["lengths"].append(runner.prompt_length(n))
-        if cfg.history:
-            say(f"{info.name}: second turn after ~{cfg.history} tokens of history")
-        out["second_turn"] = runner.second_turn()
+        mode, model.engine.speculative = model.engine.speculative, "off"
+        try:    # raw prefill/decode speed: speculation has its own workload
+            for n in cfg.prompt_lengths:
+                say(f"{info.name}: prompt {n} tokens, {cfg.warmup}+{cfg.reps} runs")
+                out["lengths"].append(runner.prompt_length(n))
+            if cfg.history:
+                say(f"{info.name}: second turn after ~{cfg.history} tokens of history")
+            out["second_turn"] = runner.second_turn()
+        finally:
+            model.engine.speculative = mode
+        if cfg.edits:
+            from edge_chat.bench_edit import code_edit
+            out["code_edit"] = code_edit(model, cfg.edits, cfg.edit_tokens, say)
         out["peak_rss"] = peak_rss_bytes()
         return out
     finally:
@@ -353,70 +359,9 @@ def table(results: list[dict]):
             if (r.get("others_cpu") or 0) > 0.1]
     note = ("[yellow]other processes kept the CPUs busy during the run "
             f"({', '.join(busy)}): these numbers are noisy[/]") if busy else ""
-    return Group(models, speed, note)
-
-
-def _short(name: str, n: int = 22) -> str:
-    return name if len(name) <= n else name[:n // 2 - 1] + "…" + name[-(n // 2):]
-
-
-def require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise EdgeChatError("--plot needs matplotlib: pip install matplotlib "
-                            "(or the project's dev extra)", param="plot") from None
-
-
-def plot(results: list[dict], file: Path) -> Path:
-    """Bars per model: prefill, decode, TTFT per prompt length; load, peak RSS, 2nd turn."""
-    require_matplotlib()
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = [r for r in results if "error" not in r]
-    if not ok:
-        raise EdgeChatError("nothing to plot: every model failed")
-    lengths = sorted({ln["prompt_tokens"] for r in ok for ln in r["lengths"]})
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    width = 0.8 / len(ok)
-    for ax, key, title in zip(axes[0], ("prefill_tps", "decode_tps", "ttft"),
-                              ("prefill tok/s", "decode tok/s", "time to first token (s)")):
-        for j, r in enumerate(ok):
-            by = {ln["prompt_tokens"]: ln[key] for ln in r["lengths"]}
-            xs = [i + j * width for i, n in enumerate(lengths) if n in by]
-            ss = [by[n] for n in lengths if n in by]
-            ax.bar(xs, [s["median"] for s in ss], width, label=r["model"],
-                   yerr=[[s["median"] - s["min"] for s in ss], [s["max"] - s["median"] for s in ss]])
-        ax.set_xticks([i + width * (len(ok) - 1) / 2 for i in range(len(lengths))])
-        ax.set_xticklabels([f"{n} tok" for n in lengths])
-        ax.set_title(title)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(ok), 4), fontsize=9)
-    names = [_short(r["model"]) for r in ok]
-    axes[1][0].bar(names, [r["load_s"] for r in ok])
-    axes[1][0].set_title("load time (s)")
-    axes[1][1].bar(names, [r["peak_rss"] / 1e6 for r in ok], label="peak RSS")
-    axes[1][1].bar(names, [r["size_bytes"] / 1e6 for r in ok], width=0.4, label="model file")
-    axes[1][1].set_title("memory (MB)")
-    axes[1][1].legend(fontsize=8)
-    st = [(r["model"], r["second_turn"]) for r in ok if r.get("second_turn")]
-    for j, label in enumerate(("first_ttft", "second_ttft")):
-        axes[1][2].bar([i + j * 0.4 for i in range(len(st))], [s[label]["median"] for _, s in st],
-                       0.4, label=label.replace("_", " "))
-    axes[1][2].set_xticks([i + 0.2 for i in range(len(st))])
-    axes[1][2].set_xticklabels([_short(n) for n, _ in st])
-    axes[1][2].set_title("TTFT (s): turn 1 vs turn 2 (prefix reuse)")
-    axes[1][2].legend(fontsize=8)
-    for ax in axes.flat:
-        ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    file = Path(file)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(file, dpi=100)
-    plt.close(fig)
-    return file
+    from edge_chat.bench_edit import edit_table
+    edits = edit_table(results)
+    return Group(models, speed, *([edits] if edits is not None else []), note)
 
 
 def _child(spec_json: str) -> int:

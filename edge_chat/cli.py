@@ -47,6 +47,10 @@ KvOpt = typer.Option("f16", "--kv-type", help="GGUF: KV cache type: f16 or q8_0.
 MmapOpt = typer.Option(True, "--mmap/--no-mmap", help="GGUF: memory-map the weights.")
 ProviderOpt = typer.Option("cpu", "--provider", help="ONNX: execution provider (cpu, cuda, ...).")
 YesOpt = typer.Option(False, "--yes", "-y", help="Pull a hub id not in the store without asking.")
+SpecOpt = typer.Option("auto", "--speculative", help="Speculative decoding: auto, lookup "
+                       "(prompt lookup), draft (--draft model) or off.")
+DraftOpt = typer.Option(None, "--draft", help="A small draft model with the same vocabulary "
+                        "(GGUF file, ONNX folder or store name) for speculative decoding.")
 TemplateOpt = typer.Option(None, "--chat-template",
                            help="A Jinja file or a built-in name (chatml, gemma, llama3, phi3, mistral).")
 
@@ -58,10 +62,18 @@ def _in_store(spec: Optional[str], yes: bool) -> Optional[str]:
                         confirm=lambda q: typer.confirm(q, default=True, err=True))
 
 
-def _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider):
+def _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
+                    speculative="auto", draft=None):
     from edge_chat.engines import EngineOptions
+    if draft is not None:
+        from edge_chat.store import resolve_model
+        try:
+            draft = str(resolve_model(draft))
+        except EdgeChatError as e:
+            raise EdgeChatError(f"draft model: {e}", param="draft") from None
     return EngineOptions(n_ctx=ctx_size, threads=threads, gpu_layers=gpu_layers, vram=vram,
-                         kv_type=kv_type, mmap=mmap, provider=provider)
+                         kv_type=kv_type, mmap=mmap, provider=provider,
+                         speculative=speculative, draft=draft)
 
 
 def _sampling(temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty,
@@ -98,6 +110,7 @@ def chat(
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
     mmap: bool = MmapOpt, provider: str = ProviderOpt,
+    speculative: str = SpecOpt, draft: Optional[str] = DraftOpt,
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Chat with a model on an "
                                            "OpenAI-compatible server, e.g. http://host:8000/v1."),
     model_name: Optional[str] = typer.Option(None, "--model", "-m",
@@ -123,7 +136,8 @@ def chat(
         from edge_chat.engines.remote import open_remote
         model_ = open_remote(base_url, model_name or model, api_key=api_key)
     else:
-        options = _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider)
+        options = _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
+                                  speculative, draft)
         model_ = open_chat(_in_store(model, yes), options,
                            chat_template=chat_template, context_policy=context_policy, warn=_err)
     try:
@@ -148,6 +162,7 @@ def complete(
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
     mmap: bool = MmapOpt, provider: str = ProviderOpt,
+    speculative: str = SpecOpt, draft: Optional[str] = DraftOpt,
 ):
     """Continue a text with no chat template (for base models)."""
     from edge_chat.runtime import open_chat
@@ -156,7 +171,7 @@ def complete(
     params = _sampling(temperature, top_p, top_k, None, None, None, None, seed, stop,
                        max_tokens, None)
     m = open_chat(model, _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap,
-                                         provider), need_template=False)
+                                         provider, speculative, draft), need_template=False)
     try:
         prompt = m.prepare_text(text, params)
         for ev in m.stream(None, params, prompt=prompt):
@@ -185,6 +200,7 @@ def ui(
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
     mmap: bool = MmapOpt, provider: str = ProviderOpt,
+    speculative: str = SpecOpt, draft: Optional[str] = DraftOpt,
 ):
     """A local chat page (Gradio) at http://HOST:PORT, fully offline: streaming, Stop, model picker, export."""
     from edge_chat.chat.context import POLICIES
@@ -193,7 +209,8 @@ def ui(
         raise EdgeChatError(f"--context-policy must be one of {', '.join(POLICIES)}")
     model = _in_store(model, yes)
     run_ui(model, host=host, port=port, auth=parse_auth(auth),
-           options=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider),
+           options=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
+                                   speculative, draft),
            chat_template=chat_template, context_policy=context_policy, export_dir=export_dir,
            warn=_err)
 
@@ -217,6 +234,7 @@ def serve(
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
     mmap: bool = MmapOpt, provider: str = ProviderOpt,
+    speculative: str = SpecOpt, draft: Optional[str] = DraftOpt,
 ):
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)."""
     from edge_chat.server import ServerConfig
@@ -226,7 +244,8 @@ def serve(
         models=models or None, host=host, port=port, api_key=api_key or None,
         max_loaded=max_loaded, max_queue=max_queue, cors_origins=cors_origin or [],
         chat_template=chat_template,
-        engine=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider)),
+        engine=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
+                               speculative, draft)),
         log_level=log_level)
 
 
@@ -363,26 +382,31 @@ def bench(
     reps: int = typer.Option(3, "--reps", min=1, help="Measured runs per prompt length (after a warm-up)."),
     history: int = typer.Option(1536, "--history", min=0,
                                 help="Tokens of history before the second turn (0: skip it)."),
+    edits: int = typer.Option(3, "--edits", min=0, help="Code edits answered plain, speculative "
+                              "and with a prediction (acceptance, effective tok/s); 0: skip."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write bar charts to this PNG."),
     chat_template: Optional[str] = TemplateOpt,
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
     mmap: bool = MmapOpt, provider: str = ProviderOpt,
+    speculative: str = SpecOpt, draft: Optional[str] = DraftOpt,
 ):
     """Measure load time, peak memory, time to first token, prefill/decode tok/s and second-turn TTFT."""
     import json
     from dataclasses import asdict
 
-    from edge_chat.bench import BenchConfig, bench_models, parse_lengths, require_matplotlib, table
-    from edge_chat.bench import plot as write_plot
+    from edge_chat.bench import BenchConfig, bench_models, parse_lengths, table
+    from edge_chat.bench_plot import plot as write_plot
+    from edge_chat.bench_plot import require_matplotlib
     from edge_chat.store import resolve_model
     paths = [str(resolve_model(m)) for m in models]
     if plot is not None:
         require_matplotlib()
-    opts = asdict(_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider))
+    opts = asdict(_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
+                                  speculative, draft))
     cfg = BenchConfig(prompt_lengths=parse_lengths(prompt_lengths), gen=gen, reps=reps,
-                      history=history, chat_template=chat_template, options=opts)
+                      history=history, edits=edits, chat_template=chat_template, options=opts)
     results = bench_models(paths, cfg, quiet=json_out)
     if json_out:
         print(json.dumps(results, indent=2))

@@ -28,7 +28,9 @@ Ctrl-C stops the current answer and keeps the session."""
 
 
 def stats_line(s: Stats) -> str:
-    return (f"[{s.completion_tokens} tokens, {s.decode_tps:.1f} tok/s, "
+    spec = "" if s.acceptance is None else \
+        f", {s.acceptance:.0%} of {s.draft_tokens} drafted accepted"
+    return (f"[{s.completion_tokens} tokens, {s.decode_tps:.1f} tok/s{spec}, "
             f"first token {s.ttft * 1000:.0f} ms, prompt {s.prompt_tokens} "
             f"({s.cached_tokens} cached)]")
 

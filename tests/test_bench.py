@@ -13,7 +13,8 @@ from edge_chat.bench import exact_prompt, filler_tokens, parse_lengths, summary
 from edge_chat.cli import app
 from edge_chat.errors import EdgeChatError
 
-SMALL = ["--prompt-lengths", "32", "--gen", "8", "--reps", "1", "--history", "256"]
+SMALL = ["--prompt-lengths", "32", "--gen", "8", "--reps", "1", "--history", "256",
+         "--edits", "0"]
 
 
 def _bench(args: list[str]):
@@ -70,6 +71,26 @@ def test_bench_table(tiny_gguf):
     r = _bench([str(tiny_gguf["q4_k_m"]), *SMALL, "--history", "0"])
     assert r.exit_code == 0, r.output
     assert "prefill tok/s" in r.stdout and "tiny-q4_k_m" in r.stdout
+
+
+def test_bench_code_edits_with_a_draft_model(tiny_gguf):
+    """The code-edit workload: plain, speculative (here with a draft model) and
+    predicted answers are the same text; acceptance and speed-ups are reported."""
+    r = _bench([str(tiny_gguf["f16"]), "--prompt-lengths", "32", "--gen", "4", "--reps", "1",
+                "--history", "0", "--edits", "2", "--speculative", "draft",
+                "--draft", str(tiny_gguf["q8_0"]), "--json"])
+    assert r.exit_code == 0, r.output
+    (res,) = json.loads(r.stdout)
+    e = res["code_edit"]
+    assert e["mode"] == "draft" and e["edits"] == 2 and e["identical"] == 2
+    assert e["plain"]["acceptance"] is None and e["plain"]["speedup"] == 1.0
+    for run in ("speculative", "prediction"):
+        assert e[run]["tokens"] == e["plain"]["tokens"] > 0
+        assert 0 < e[run]["acceptance"] <= 1 and e[run]["decode_tps"] > 0
+    r = _bench([str(tiny_gguf["f16"]), "--prompt-lengths", "32", "--gen", "4", "--reps", "1",
+                "--history", "0", "--edits", "1"])
+    assert r.exit_code == 0, r.output
+    assert "code edits" in r.stdout and "predicted" in r.stdout and "1/1" in r.stdout
 
 
 def test_bench_prompt_longer_than_the_window_fails_clearly(tiny_gguf):

@@ -147,7 +147,7 @@ def test_bad_model_shows_an_error_and_another_model_works(store, tmp_path):
 def test_switching_keeps_one_model_loaded(ui):
     first = ui.holder.model
     assert ui.switch("tiny-q8_0").startswith("model **tiny-q8_0**")
-    assert first.engine._llm is None                 # the old model was closed
+    assert first.engine.closed                       # the old model was closed
     assert ui.holder.model.info.quant == "q8_0"
     conv, _, _ = ask(ui, Conversation(), "What color is grass?")
     assert conv.messages[-1]["content"] == "Grass is green."
@@ -225,3 +225,14 @@ def test_page_builds_offline(ui):
     assert not page.analytics_enabled
     t = theme()
     assert not t._stylesheets and "googleapis" not in t._get_theme_css()
+
+
+def test_footer_shows_the_acceptance_of_drafted_tokens(ui):
+    """An answer that repeats the history ("The capital of ..."): prompt lookup
+    drafts from it and the footer shows how many drafted tokens were kept."""
+    qa = TRAINED_QA[-1]
+    _, history, text = split(qa.messages)
+    conv, _, _ = ask(ui, Conversation(history), text)
+    assert conv.messages[-1]["content"] == qa.answer
+    foot = conv.messages[-1]["footer"]
+    assert "tok/s · " in foot and "drafted tokens accepted" in foot

@@ -8,7 +8,8 @@ from __future__ import annotations
 import codecs
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from edge_chat.chat.context import fit_messages
 from edge_chat.chat.messages import normalize_messages
@@ -18,7 +19,7 @@ from edge_chat.chat.template import ChatTemplate
 from edge_chat.errors import ContextLengthExceeded, EdgeChatError
 
 if TYPE_CHECKING:
-    from edge_chat.engines.base import Engine
+    from edge_chat.engines.base import Engine, LogitsProcessor
 
 
 @dataclass
@@ -36,6 +37,14 @@ class Stats:
     completion_tokens: int = 0
     ttft: float = 0.0               # seconds to the first token
     seconds: float = 0.0
+    draft_tokens: int = 0           # speculative decoding: tokens drafted and verified
+    accepted_tokens: int = 0        # ... of which the answer kept
+    prediction_accepted: int = 0    # Predicted Outputs: prediction tokens kept / rejected
+    prediction_rejected: int = 0
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else None
 
     @property
     def decode_tps(self) -> float:
@@ -59,12 +68,20 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    #: Predicted Outputs (None: no prediction was given)
+    accepted_prediction_tokens: int | None = None
+    rejected_prediction_tokens: int | None = None
 
     def as_dict(self) -> dict:
-        return {"prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+        d = {"prompt_tokens": self.prompt_tokens,
+             "completion_tokens": self.completion_tokens,
+             "total_tokens": self.prompt_tokens + self.completion_tokens,
+             "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+        if self.accepted_prediction_tokens is not None:
+            d["completion_tokens_details"] = {
+                "accepted_prediction_tokens": self.accepted_prediction_tokens,
+                "rejected_prediction_tokens": self.rejected_prediction_tokens}
+        return d
 
 
 @dataclass
@@ -132,20 +149,31 @@ class ChatModel:
     # -- generation ---------------------------------------------------------
     def stream(self, messages: list, params: SamplingParams, tools: list | None = None,
                policy: str | None = None, prompt: Prompt | None = None,
-               grammar: str | None = None) -> Iterator[Event]:
+               grammar: "LogitsProcessor | None" = None,
+               processors: "Sequence[LogitsProcessor]" = (),
+               prediction: str | None = None) -> Iterator[Event]:
         """Events for choice 0, then choice 1, ... (n choices in turn).
-        `grammar`: a GBNF grammar the answer must follow (engines that
-        support it: GGUF)."""
+        `grammar` (from `grammar_for`) and `processors` constrain each logits
+        row before sampling; `prediction` is the text the answer is expected
+        to repeat (OpenAI's Predicted Outputs: drafts for speculative decoding)."""
+        processors = (*processors, grammar) if grammar is not None else tuple(processors)
         prompt = prompt or self.prepare(messages, params, tools, policy)
         total = Usage(len(prompt.tokens), 0)
+        predicted = None
+        if prediction:
+            predicted = self.engine.tokenize(prediction, special=False)
+            total.accepted_prediction_tokens = total.rejected_prediction_tokens = 0
         for i in range(params.n):
             p = params
             if params.n > 1 and params.seed is not None:
                 p = params.model_copy(update={"seed": (params.seed + i) % 2**32})
             stats = Stats(prompt_tokens=len(prompt.tokens))
-            for ev in self._one(prompt.tokens, p, i, stats, grammar):
+            for ev in self._one(prompt.tokens, p, i, stats, processors, predicted):
                 if ev.finish_reason is not None:
                     total.completion_tokens += stats.completion_tokens
+                    if predicted is not None:
+                        total.accepted_prediction_tokens += stats.prediction_accepted
+                        total.rejected_prediction_tokens += stats.prediction_rejected
                     if i == 0:
                         total.cached_tokens = stats.cached_tokens
                     if i == params.n - 1:
@@ -154,11 +182,14 @@ class ChatModel:
 
     def complete(self, messages: list, params: SamplingParams, tools: list | None = None,
                  policy: str | None = None, prompt: Prompt | None = None,
-                 grammar: str | None = None) -> Completion:
+                 grammar: "LogitsProcessor | None" = None,
+                 processors: "Sequence[LogitsProcessor]" = (),
+                 prediction: str | None = None) -> Completion:
         prompt = prompt or self.prepare(messages, params, tools, policy)
         texts: dict[int, list[str]] = {}
         choices, stats, usage = [], [], None
-        for ev in self.stream(messages, params, tools, policy, prompt=prompt, grammar=grammar):
+        for ev in self.stream(messages, params, tools, policy, prompt=prompt, grammar=grammar,
+                              processors=processors, prediction=prediction):
             texts.setdefault(ev.index, []).append(ev.delta)
             if ev.finish_reason is not None:
                 choices.append(Choice(ev.index, "".join(texts[ev.index]), ev.finish_reason))
@@ -166,25 +197,24 @@ class ChatModel:
                 usage = ev.usage or usage
         return Completion(choices, usage, prompt, stats)
 
-    def grammar_for(self, response_format: dict | None) -> str | None:
-        """The engine's grammar for an OpenAI `response_format` (None: plain text)."""
+    def grammar_for(self, response_format: dict | None) -> "LogitsProcessor | None":
+        """The engine's grammar processor for an OpenAI `response_format`
+        (None: plain text)."""
         if response_format is None or (isinstance(response_format, dict)
                                        and response_format.get("type") == "text"):
             return None
-        self._require_grammar()
-        return self.engine.grammar_for(response_format)
-
-    def _require_grammar(self) -> None:
-        if not hasattr(self.engine, "grammar_for"):
+        if not self.engine.capabilities.gbnf:
             raise EdgeChatError(f"constrained output (response_format) is not supported by "
                                 f"the {self.info.format} engine; use a GGUF model",
                                 param="response_format")
+        return self.engine.grammar_for(response_format)
 
     def cancel(self) -> None:
         self.engine.cancel()
 
     def _one(self, tokens: list[int], params: SamplingParams, index: int,
-             stats: Stats, grammar: str | None = None) -> Iterator[Event]:
+             stats: Stats, processors: "Sequence[LogitsProcessor]" = (),
+             prediction: list[int] | None = None) -> Iterator[Event]:
         engine = self.engine
         room = self.n_ctx - len(tokens)
         limit = min(params.max_tokens or room, room)
@@ -192,15 +222,13 @@ class ChatModel:
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         finish = "stop"
         t0 = time.perf_counter()
-        if grammar is not None:
-            self._require_grammar()
-        gen = engine.generate(tokens, params, grammar=grammar) if grammar is not None \
-            else engine.generate(tokens, params)
+        gen = engine.generate(tokens, params, processors=processors, prediction=prediction)
         try:
             if limit <= 0:
                 finish = "length"
             else:
-                for tok in gen:
+                for token in gen:
+                    tok = token.id
                     if stats.completion_tokens == 0:
                         stats.ttft = time.perf_counter() - t0
                         stats.cached_tokens = len(tokens) - engine.n_prompt_evaluated
@@ -218,5 +246,9 @@ class ChatModel:
         finally:
             gen.close()
         stats.seconds = time.perf_counter() - t0
+        spec = engine.speculation
+        stats.draft_tokens, stats.accepted_tokens = spec.drafted, spec.accepted
+        stats.prediction_accepted = spec.prediction_accepted
+        stats.prediction_rejected = spec.prediction_rejected
         tail = stops.feed(utf8.decode(b"", final=True)) + stops.flush()
         yield Event(index, tail, finish_reason=finish, stats=stats)

@@ -153,7 +153,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     @v1.post("/chat/completions")
     async def chat_completions(request: Request):
         req, params = parse(ChatRequest, await request.body())
-        messages, tools = req.messages, req.tools
+        messages, tools, prediction = req.messages, req.tools, req.prediction_text()
 
         def run(model: ChatModel) -> Iterator[Event]:
             if model.template is None:
@@ -162,7 +162,8 @@ def create_app(config: ServerConfig) -> FastAPI:
                                     param="model")
             grammar = model.grammar_for(req.response_format)
             prompt = model.prepare(messages, params, tools)
-            yield from model.stream(None, params, prompt=prompt, grammar=grammar)
+            yield from model.stream(None, params, prompt=prompt, grammar=grammar,
+                                    prediction=prediction)
 
         return await respond(request, req, run, chat=True)
 

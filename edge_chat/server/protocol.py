@@ -68,6 +68,23 @@ class ChatRequest(_Request):
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+    prediction: Any = None
+
+    def prediction_text(self) -> str | None:
+        """Predicted Outputs: {"type": "content", "content": str | [text parts]}."""
+        p = self.prediction
+        if p is None:
+            return None
+        content = p.get("content") if isinstance(p, dict) and p.get("type") == "content" \
+            else None
+        if isinstance(content, list) and all(
+                isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str)
+                for c in content):
+            content = "".join(c["text"] for c in content)
+        if not isinstance(content, str):
+            raise EdgeChatError("invalid 'prediction': write {\"type\": \"content\", "
+                                "\"content\": \"the expected text\"}", param="prediction")
+        return content
 
     def _max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None \

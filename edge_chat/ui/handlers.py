@@ -36,8 +36,11 @@ def _number(value: Any, unset_below: int) -> int | None:
 def footer(stats: Stats, n_ctx: int, finish: str, stopped: bool = False) -> str:
     """The line under an answer: speed, first-token latency, context used."""
     used = stats.prompt_tokens + stats.completion_tokens
-    line = (f"{stats.decode_tps:.1f} tok/s · first token {stats.ttft * 1000:.0f} ms · "
-            f"context {used}/{n_ctx} · {stats.completion_tokens} tokens")
+    line = f"{stats.decode_tps:.1f} tok/s · "
+    if stats.acceptance is not None:     # speculative decoding drafted in this answer
+        line += f"{stats.acceptance:.0%} of {stats.draft_tokens} drafted tokens accepted · "
+    line += (f"first token {stats.ttft * 1000:.0f} ms · "
+             f"context {used}/{n_ctx} · {stats.completion_tokens} tokens")
     if stopped:
         line += " · stopped"
     elif finish == "length":
