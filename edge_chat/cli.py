@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from edge_chat.errors import EdgeChatError
+from edge_chat.errors import EdgeChatError, printable
 from edge_chat.store import fmt_size
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -21,15 +21,34 @@ def _err(text: str) -> None:
     sys.stderr.flush()
 
 
-def command(fn):
-    """Register a command whose bad input ends in one line on stderr and exit 1."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, systemd, docker stop), raised where Ctrl-C would be, so the
+    same clean-up runs."""
+
+
+def _on_sigterm(_signum, _frame):
+    raise Terminated()
+
+
+def command(fn=None, *, sigterm: bool = False):
+    """Register a command whose bad input ends in one line on stderr and exit 1.
+    `sigterm`: SIGTERM is handled like Ctrl-C (partial output removed, exit 143)."""
+    if fn is None:
+        return functools.partial(command, sigterm=sigterm)
+
     @functools.wraps(fn)
     def run(*args, **kwargs):
+        if sigterm:
+            import signal
+            signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return fn(*args, **kwargs)
         except EdgeChatError as e:
-            _err(f"error: {e}")
+            _err(f"error: {printable(str(e), 2000)}")
             raise typer.Exit(1)
+        except Terminated:
+            _err("error: terminated (SIGTERM); partial output removed")
+            raise typer.Exit(143)
         except KeyboardInterrupt:
             _err("interrupted")
             raise typer.Exit(130)
@@ -48,6 +67,9 @@ MmapOpt = typer.Option(True, "--mmap/--no-mmap", help="GGUF: memory-map the weig
 ProviderOpt = typer.Option("cpu", "--provider", help="ONNX: execution provider (cpu, cuda, ...).")
 TemplateOpt = typer.Option(None, "--chat-template",
                            help="A Jinja file or a built-in name (chatml, gemma, llama3, phi3, mistral).")
+SpecialOpt = typer.Option(False, "--allow-special-in-content",
+                          help="Let special-token text in messages (<|im_end|>...) act as template "
+                               "markup (default: it is plain text).")
 
 
 def _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider):
@@ -86,7 +108,7 @@ def chat(
     stats: bool = typer.Option(False, "--stats", help="Print tokens/s and time to first token."),
     context_policy: str = typer.Option("truncate", "--context-policy",
                                        help="When the window is full: truncate (drop oldest turns) or error."),
-    chat_template: Optional[str] = TemplateOpt,
+    chat_template: Optional[str] = TemplateOpt, allow_special: bool = SpecialOpt,
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
     mmap: bool = MmapOpt, provider: str = ProviderOpt,
@@ -116,7 +138,8 @@ def chat(
     else:
         model_ = open_chat(model, _engine_options(ctx_size, threads, gpu_layers, vram, kv_type,
                                                   mmap, provider),
-                           chat_template=chat_template, context_policy=context_policy, warn=_err)
+                           chat_template=chat_template, context_policy=context_policy, warn=_err,
+                           allow_special=allow_special)
     try:
         session = ChatSession(model_, params, system=system, show_stats=stats)
         if prompt is not None:
@@ -171,7 +194,7 @@ def ui(
                                               help="Where Export writes files (default: a temporary folder)."),
     context_policy: str = typer.Option("truncate", "--context-policy",
                                        help="When the window is full: truncate (drop oldest turns) or error."),
-    chat_template: Optional[str] = TemplateOpt,
+    chat_template: Optional[str] = TemplateOpt, allow_special: bool = SpecialOpt,
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
     mmap: bool = MmapOpt, provider: str = ProviderOpt,
@@ -184,7 +207,7 @@ def ui(
     run_ui(model, host=host, port=port, auth=parse_auth(auth),
            options=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider),
            chat_template=chat_template, context_policy=context_policy, export_dir=export_dir,
-           warn=_err)
+           warn=_err, allow_special=allow_special)
 
 
 # -- serve --------------------------------------------------------------------
@@ -201,18 +224,24 @@ def serve(
     cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin",
                                                     help="Allow this browser origin (repeatable)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
-    chat_template: Optional[str] = TemplateOpt,
+    allowed_host: Optional[List[str]] = typer.Option(
+        None, "--allowed-host", help="Also answer requests for this Host name (repeatable; "
+                                     "'*': any). Default: localhost names and the --host address."),
+    max_body: str = typer.Option("4MiB", "--max-body", help="Largest request body (then 413)."),
+    chat_template: Optional[str] = TemplateOpt, allow_special: bool = SpecialOpt,
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
     mmap: bool = MmapOpt, provider: str = ProviderOpt,
 ):
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)."""
+    from edge_chat.engines.gguf_file import parse_size
     from edge_chat.server import ServerConfig
     from edge_chat.server import serve as run_server
     run_server(ServerConfig(
         models=models or None, host=host, port=port, api_key=api_key or None,
         max_loaded=max_loaded, max_queue=max_queue, cors_origins=cors_origin or [],
-        chat_template=chat_template,
+        chat_template=chat_template, allowed_hosts=allowed_host or [],
+        max_body=parse_size(max_body), allow_special=allow_special,
         engine=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider)),
         log_level=log_level)
 
@@ -221,7 +250,9 @@ def serve(
 
 
 @command
-def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
+def models(json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+           all_: bool = typer.Option(False, "--all", help="Also list leftovers of interrupted "
+                                     "converts (hidden temporary files the next convert removes).")):
     """List the models in the store ($EDGE_CHAT_MODELS or ./models)."""
     import json
     import shutil
@@ -229,14 +260,20 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
     from rich.console import Console
     from rich.table import Table
 
-    from edge_chat.store import describe, list_models, models_dir
+    from edge_chat.atomic import leftovers
+    from edge_chat.store import describe, list_models, models_dir, path_size
     rows = []
     for p in list_models():
         try:
             rows.append(describe(p))
         except EdgeChatError as e:
-            rows.append({"name": p.name, "format": "broken", "error": str(e),
+            rows.append({"name": p.name, "format": "broken", "error": printable(str(e), 300),
                          "size_bytes": None})
+    if all_:
+        for p in leftovers(models_dir()):
+            rows.append({"name": p.name, "format": "leftover", "size_bytes": path_size(p),
+                         "error": "left by an interrupted convert; the next convert here "
+                                  "removes it"})
     if json_out:
         print(json.dumps(rows, indent=2))
         return
@@ -249,8 +286,8 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
     for col in ("name", "format", "quant", "size", "arch", "context", "template"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["name"], r.get("format", "?"), str(r.get("quant", "")),
-                  fmt_size(r.get("size_bytes")), str(r.get("arch", r.get("error", ""))),
+        t.add_row(printable(r["name"], 80), r.get("format", "?"), printable(str(r.get("quant", ""))),
+                  fmt_size(r.get("size_bytes")), printable(str(r.get("arch", r.get("error", "")))),
                   str(r.get("context") or "?"), "yes" if r.get("chat_template") else "no")
     Console().print(t)
     free = shutil.disk_usage(root if root.exists() else Path.cwd()).free
@@ -272,11 +309,11 @@ def info(model: str = typer.Argument(..., help="A path or a name in the store.")
     for k, v in row.items():
         if k == "size_bytes":
             v = f"{fmt_size(v)} ({v} bytes)"
-        print(f"{k:14} {v}")
+        print(f"{k:14} {printable(str(v), 300)}")
 
 
 # -- convert ------------------------------------------------------------------
-@command
+@command(sigterm=True)
 def convert(
     src: str = typer.Argument(..., help="A Hugging Face model folder (or a hub id when online)."),
     to: str = typer.Option("gguf", "--to", help="gguf or onnx."),
@@ -305,7 +342,7 @@ def convert(
                 budget=parse_size(ram) if ram else None)
 
 
-@command
+@command(sigterm=True)
 def pull(
     hub_id: str = typer.Argument(..., help="A Hugging Face hub id, e.g. HuggingFaceTB/SmolLM2-135M-Instruct."),
     to: str = typer.Option("gguf", "--to", help="gguf or onnx."),

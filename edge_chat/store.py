@@ -6,7 +6,12 @@ import os
 import re
 from pathlib import Path
 
-from edge_chat.errors import ModelNotFound
+from edge_chat.errors import ModelLoadError, ModelNotFound, printable
+
+#: longest file name most file systems take (NAME_MAX), in bytes
+MAX_NAME_BYTES = 255
+#: longest path we try to open (PATH_MAX)
+MAX_PATH_BYTES = 4096
 
 
 def models_dir() -> Path:
@@ -38,22 +43,44 @@ def list_models(root: Path | None = None) -> list[Path]:
     return out
 
 
-def _inside(root: Path, name: str) -> bool:
-    if not name or "\x00" in name or os.path.isabs(name) or ".." in Path(name).parts \
-            or "/" in name or "\\" in name:
-        return False
-    return True
+def _nbytes(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def check_name(name: str) -> None:
+    """A store name, checked before the file system sees it: at most 255 bytes, no
+    control characters, no path (ModelNotFound naming the problem)."""
+    if not isinstance(name, str) or not name:
+        raise ModelNotFound("the model name is empty")
+    if _nbytes(name) + 5 > MAX_NAME_BYTES:          # + ".gguf"
+        raise ModelNotFound(f"the model name is too long: {_nbytes(name)} bytes "
+                            f"(at most {MAX_NAME_BYTES - 5})")
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in name):
+        raise ModelNotFound(f"the model name '{printable(name, 80)}' contains control characters")
+    if name.startswith(".") or "/" in name or "\\" in name:
+        raise ModelNotFound(f"model '{printable(name, 80)}' not found: a store name has no "
+                            "path and does not start with '.'")
+
+
+def check_path(spec: str) -> None:
+    """A path given on the command line, checked before the file system sees it."""
+    if "\x00" in spec or any(0xD800 <= ord(c) <= 0xDFFF for c in spec):
+        raise ModelNotFound(f"'{printable(spec, 80)}' is not a valid path or model name")
+    if _nbytes(spec) > MAX_PATH_BYTES or any(_nbytes(p) > MAX_NAME_BYTES
+                                             for p in spec.split(os.sep)):
+        raise ModelNotFound(f"'{printable(spec, 60)}' is not a model: the name or path is too "
+                            f"long ({_nbytes(spec)} bytes; a name takes at most {MAX_NAME_BYTES})")
 
 
 def find_in_store(name: str, root: Path | None = None) -> Path:
     """A model by store name only (no paths): `name`, `name.gguf`. The name
     cannot escape the store. Raises ModelNotFound."""
     root = root or models_dir()
-    if _inside(root, name):
-        for cand in (root / name, root / f"{name}.gguf"):
-            if model_kind(cand):
-                return cand
-    raise ModelNotFound(f"model '{name}' not found in the store {root}")
+    check_name(name)
+    for cand in (root / name, root / f"{name}.gguf"):
+        if model_kind(cand):
+            return cand
+    raise ModelNotFound(f"model '{printable(name, 80)}' not found in the store {root}")
 
 
 def resolve_model(spec: str | None, root: Path | None = None) -> Path:
@@ -70,6 +97,7 @@ def resolve_model(spec: str | None, root: Path | None = None) -> Path:
                 param=None)
         names = ", ".join(model_name(m) for m in models)
         raise ModelNotFound(f"several models in the store, name one: {names}", param=None)
+    check_path(spec)
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_dir() and not (path / "model.onnx").exists():
@@ -106,23 +134,41 @@ def describe(path: Path) -> dict:
     read from the file's metadata without loading weights."""
     import json
 
-    kind = model_kind(path)
-    row = {"name": model_name(path), "path": str(path), "format": kind or "?",
+    kind = model_kind(path) or ("gguf" if _has_gguf_magic(path) else None)
+    if kind is None:
+        raise ModelLoadError(f"{path} is not a model: neither a GGUF file nor an ONNX folder "
+                             "(with model.onnx)")
+    row = {"name": model_name(path), "path": str(path), "format": kind,
            "size_bytes": path_size(path)}
     if kind == "gguf":
+        from edge_chat.engines.gguf_check import check_gguf
         from edge_chat.engines.gguf_file import read_gguf
         g = read_gguf(path)
+        check_gguf(g)
         row.update(quant=g.quant_name, arch=g.arch, context=g.context_length,
                    n_params=g.n_params, n_layers=g.n_layers,
                    chat_template=g.chat_template is not None, general_name=g.name)
     elif kind == "onnx":
         manifest = path / "edge_chat.json"
-        m = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        try:
+            m = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{manifest} is not valid JSON: {e}") from None
+        if not isinstance(m, dict):
+            raise ModelLoadError(f"{manifest} is not a JSON object")
         row.update(quant=m.get("quant", "?"), arch=m.get("arch", "?"),
                    context=m.get("context_length"), n_params=m.get("n_params"),
                    n_layers=m.get("n_layers"), source=m.get("source"),
                    chat_template=bool(m.get("chat_template")) or _onnx_has_template(path))
     return row
+
+
+def _has_gguf_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
 
 
 def _onnx_has_template(path: Path) -> bool:

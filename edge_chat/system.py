@@ -118,3 +118,53 @@ def collapse_to_huge_pages(min_resident: float = 0.9):
     t = threading.Thread(target=run, name="edge-chat-hugepages", daemon=True)
     t.start()
     return t
+
+
+# -- child processes and disks ------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child (subprocess's `preexec_fn`): have the kernel kill this process when its
+    parent dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG; elsewhere nothing)."""
+    import signal
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def disk_device(path) -> str:
+    """The device (or file system) holding `path`, e.g. '/dev/sda1' or 'tmpfs at /tmp'."""
+    from pathlib import Path
+    p = Path(path).resolve()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    mount = p
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        with open("/proc/self/mounts") as f:
+            found = [line.split()[0] for line in f if len(line.split()) > 1
+                     and line.split()[1].replace("\\040", " ") == str(mount)]
+    except OSError:
+        found = []
+    dev = found[-1] if found else ""
+    return dev if dev.startswith("/") else f"{dev or 'the disk'} at {mount}"
+
+
+def free_bytes(path) -> int:
+    import shutil
+    from pathlib import Path
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def no_space_message(path, needed: int) -> str:
+    """'no space left on /dev/sda1: 340 MB needed' (needed counts bytes still missing)."""
+    return f"no space left on {disk_device(path)}: {max(1, -(-needed // 10**6))} MB needed"

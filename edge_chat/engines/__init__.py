@@ -29,13 +29,23 @@ def _is_gguf_file(path: Path) -> bool:
         return False
 
 
-def load_engine(path: Path, options: EngineOptions | None = None):
-    """The engine for a model path: a GGUF file or an ONNX model folder."""
+def load_engine(path: Path, options: EngineOptions | None = None, *, probe: bool = True):
+    """The engine for a model path: a GGUF file or an ONNX model folder. `probe`: the
+    first load of a file runs in a child process first (probe.py), so that a file that
+    crashes the engine costs a ModelLoadError, not this process."""
     o = options or EngineOptions()
     path = Path(path)
     if not path.exists():
         raise ModelNotFound(f"model not found: {path}")
     kind = model_kind(path) or ("gguf" if path.is_file() and _is_gguf_file(path) else None)
+    if kind == "gguf":
+        from edge_chat.engines.gguf_check import check_gguf
+        from edge_chat.engines.gguf_file import read_gguf
+        check_gguf(read_gguf(path))
+    if kind is not None and probe:
+        from edge_chat.engines.probe import ensure_loadable
+        from edge_chat.store import model_name
+        ensure_loadable(path, model_name(path), o)
     if kind == "gguf":
         from edge_chat.engines.gguf import GGUFEngine
         return GGUFEngine(path, n_ctx=o.n_ctx, threads=o.threads, gpu_layers=o.gpu_layers,

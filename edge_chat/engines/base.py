@@ -49,9 +49,9 @@ class Engine(Protocol):
     #: (the rest came from the KV cache: prefix reuse)
     n_prompt_evaluated: int
 
-    def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
-        """Token ids of `text`; special tokens written in the text
-        (e.g. ``<|im_start|>``) become their ids."""
+    def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
+        """Token ids of `text`; with `special`, special tokens written in the text
+        (e.g. ``<|im_start|>``) become their ids; without, that text stays text."""
 
     def detokenize(self, tokens: list[int]) -> str:
         """Plain text of `tokens` (control tokens dropped)."""

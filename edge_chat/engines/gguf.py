@@ -97,10 +97,10 @@ class GGUFEngine:
         self._seed = 0
 
     # -- tokens -------------------------------------------------------------
-    def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
+    def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
         if not text:
             return [self._llm.token_bos()] if add_bos else []
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
 
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")

@@ -183,8 +183,8 @@ class OnnxEngine:
 
     # -- tokens ----------------------------------------------------------------
 
-    def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
-        return self.vocab.tokenize(text, add_bos)
+    def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
+        return self.vocab.tokenize(text, add_bos, special)
 
     def detokenize(self, tokens: list[int]) -> str:
         return self.vocab.detokenize(tokens)

@@ -5,6 +5,7 @@ token adds to the output."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from edge_chat.errors import ModelLoadError
@@ -38,6 +39,7 @@ class Vocab:
         except Exception as e:
             raise ModelLoadError(f"{folder / 'tokenizer.json'} cannot be read: "
                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        self._plain = threading.Lock()      # guards encode_special_tokens
         tcfg = read_json(folder / "tokenizer_config.json")
         gen = read_json(folder / "generation_config.json")
         self.chat_template = _chat_template(folder, tcfg)
@@ -62,8 +64,17 @@ class Vocab:
                 eog.add(i)
         self.eog = frozenset(eog)
 
-    def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
-        ids = self.tok.encode(text, add_special_tokens=False).ids
+    def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
+        """`special=False`: special-token text (``<|im_end|>``) stays text."""
+        if special:
+            ids = self.tok.encode(text, add_special_tokens=False).ids
+        else:
+            with self._plain:
+                self.tok.encode_special_tokens = True
+                try:
+                    ids = self.tok.encode(text, add_special_tokens=False).ids
+                finally:
+                    self.tok.encode_special_tokens = False
         if add_bos and self.bos_id is not None:
             ids = [self.bos_id] + ids
         return ids
