@@ -175,7 +175,8 @@ def _onnx_has_template(path: Path) -> bool:
     import json
     cfg = path / "tokenizer_config.json"
     try:
-        return bool(json.loads(cfg.read_text()).get("chat_template")) or \
+        data = json.loads(cfg.read_text())
+        return bool(isinstance(data, dict) and data.get("chat_template")) or \
             (path / "chat_template.jinja").is_file()
     except (OSError, ValueError):
         return False

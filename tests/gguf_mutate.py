@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?",
             10: "Q", 11: "q", 12: "d"}
@@ -123,8 +122,9 @@ def nested_array_gguf(depth: int) -> bytes:
     return head + body
 
 
-def control_key_gguf(path: Path, data: bytes) -> bytes:
-    """`data` with its first metadata key's bytes replaced by escape sequences."""
+def control_key_gguf(data: bytes) -> bytes:
+    """`data` with its first metadata key's bytes replaced by terminal escape sequences
+    and that key's value type broken (so the reader's error names the key)."""
     n = struct.unpack_from("<Q", data, 24)[0]
     evil = (b"\x1b[31m\x07\r" * n)[:n]
-    return data[:32] + evil + data[32 + n:]
+    return data[:32] + evil + struct.pack("<I", 77) + data[36 + n:]

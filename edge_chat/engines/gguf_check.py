@@ -73,6 +73,10 @@ def check_gguf(g: GGUFFile) -> None:
     _int(g, p + "expert_used_count", 0, n_expert)
     _int(g, p + "rope.dimension_count", 0, MAX_HEAD_DIM)
     _int(g, p + "attention.sliding_window", 0, MAX_CONTEXT)
+    for name in ("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon"):
+        eps = g.metadata.get(p + name)
+        if eps is not None and (not isinstance(eps, (int, float)) or not 0 <= eps < 1):
+            raise _bad(g, p + name, eps, "a norm's epsilon must be in [0, 1)")   # NaN too
     if heads is not None:
         first = heads[0] if isinstance(heads, list) else heads
         if isinstance(heads, int) and heads == 0:

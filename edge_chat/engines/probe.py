@@ -79,11 +79,12 @@ def ensure_loadable(path: Path, name: str, options) -> None:
     with _lock:
         verdict = _verdicts.get(key) or _read_cache().get(key)
     if verdict is None:
-        verdict = _run_probe(path, options)
+        verdict, final = _run_probe(path, options)
         if verdict is None:                   # a clean error: the caller's load reports it
             return
-        with _lock:
-            _remember(key, verdict)
+        if final:
+            with _lock:
+                _remember(key, verdict)
     if verdict != _OK:
         raise ModelLoadError(f"the model '{name}' cannot be loaded: {verdict}")
 
@@ -97,26 +98,34 @@ def _timeout(path: Path) -> float:
     return 120 + 60 * size / 1e9
 
 
-def _run_probe(path: Path, options) -> str | None:
-    """'ok', a crash verdict, or None for a clean error (exit CLEAN_ERROR)."""
+def _run_probe(path: Path, options) -> tuple[str | None, bool]:
+    """(verdict, final): 'ok' or why not (final: kept for the file), or None for a
+    clean error (exit CLEAN_ERROR) that the load in this process reports itself."""
+    import edge_chat
     from edge_chat.system import die_with_parent
     opts = dict(asdict(options), threads=1)
     cmd = [sys.executable, "-m", "edge_chat.engines.probe", str(path), json.dumps(opts)]
+    here = str(Path(edge_chat.__file__).resolve().parent.parent)   # this very edge_chat
+    env = dict(os.environ, GGML_NO_BACKTRACE="1", PYTHONPATH=os.pathsep.join(
+        [here, *filter(None, [os.environ.get("PYTHONPATH")])]))
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, timeout=_timeout(path),
+                              stderr=subprocess.PIPE, timeout=_timeout(path), env=env,
                               preexec_fn=die_with_parent if os.name == "posix" else None)
     except subprocess.TimeoutExpired:
-        return f"loading it did not finish in {_timeout(path):.0f} s (a corrupt file?)"
+        return f"loading it did not finish in {_timeout(path):.0f} s (a corrupt file?)", False
     rc = proc.returncode
     if rc == 0:
-        return _OK
+        return _OK, True
     if rc == CLEAN_ERROR:
-        return None
-    return crash_verdict(rc, proc.stderr.decode("utf-8", "replace"))
+        return None, True
+    # a signal or an engine's own exception: the file's fault; another exit code (the
+    # probe itself could not run): reported, not remembered
+    return crash_verdict(rc, proc.stderr.decode("utf-8", "replace")), rc < 0 or rc == 4
 
 
-_ASSERT_RE = re.compile(r"(GGML_ASSERT\(.*?\) failed|[\w ]*(?:error|exception)[^\n/]*)", re.I)
+#: ggml's abort line ("/build/.../binary-ops.cpp:135: MESSAGE"), or our child's "error: ..."
+_ASSERT_RE = re.compile(r"^(?:\S*\.(?:c|cpp|h|cu):\d+: (.+)|error: (.+))$", re.M)
 
 
 def crash_verdict(rc: int, stderr: str) -> str:
@@ -128,8 +137,8 @@ def crash_verdict(rc: int, stderr: str) -> str:
             what = f"signal {-rc}"
     else:
         what = f"exit code {rc}"
-    found = [m.group(1).strip() for m in _ASSERT_RE.finditer(stderr)]
-    detail = f": {printable(found[-1], 120)}" if found else ""
+    found = [(m.group(1) or m.group(2)).strip() for m in _ASSERT_RE.finditer(stderr)]
+    detail = f": {printable(found[0], 120)}" if found else ""
     return (f"the engine crashed while loading it ({what}{detail}); the file is corrupt or "
             f"not supported by this engine version")
 
