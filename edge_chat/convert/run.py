@@ -27,7 +27,8 @@ def disk_needed(folder: Path, to: str, quant: str) -> int:
     """Bytes a conversion needs on the output's disk at its peak (the intermediate and
     the output side by side), estimated from the source's weights."""
     half = weights_size(folder)
-    dtype = str(read_hf_config(folder).get("torch_dtype") or "").lower()
+    config = read_hf_config(folder)
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "").lower()
     if dtype in ("float32", "fp32"):
         half //= 2
     out = int(half * SIZE_RATIO.get(quant, 1.0))
