@@ -75,8 +75,13 @@ _TMP = re.compile(r"^\..+?(?:\.(\d+))?\.[a-z0-9_]{8}\.tmp$")
 _OLD = re.compile(r"^\..+\.old$")
 #: what an output folder of ours holds (so a stranger's `.x.old` is never touched)
 _OUR_FILES = ("model.onnx", "edge_chat.json")
-#: held (shared) by every convert writing into a folder
-LOCK_NAME = ".edge_chat.lock"
+def _lock_file(folder: Path) -> Path:
+    """The lock of an output folder, kept in the cache (nothing extra in the folder)."""
+    import hashlib
+
+    from edge_chat.store import cache_dir
+    key = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:24]
+    return cache_dir() / "locks" / f"{key}.lock"
 
 
 @contextmanager
@@ -86,7 +91,9 @@ def folder_lock(folder: Path) -> Iterator[bool]:
     the folder is from a dead run)."""
     import fcntl
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_NAME, "a") as f:
+    lock = _lock_file(folder)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             alone = True
@@ -99,7 +106,7 @@ def folder_lock(folder: Path) -> Iterator[bool]:
 def _nobody_converting(folder: Path) -> bool:
     import fcntl
     try:
-        with open(folder / LOCK_NAME, "r") as f:
+        with open(_lock_file(folder), "r") as f:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
     except FileNotFoundError:

@@ -19,6 +19,15 @@ def models_dir() -> Path:
     return Path(os.environ.get("EDGE_CHAT_MODELS") or "models").expanduser()
 
 
+def cache_dir() -> Path:
+    """`$EDGE_CHAT_CACHE`, else `$XDG_CACHE_HOME/edge_chat` (~/.cache/edge_chat): the
+    probe verdicts and the convert locks."""
+    env = os.environ.get("EDGE_CHAT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge_chat"
+
+
 def slug(name: str) -> str:
     """A store name from a model name: lower case, safe characters only."""
     s = re.sub(r"[^a-z0-9._-]+", "-", name.strip().lower()).strip("-.")

@@ -39,8 +39,7 @@ def alive(pid: int) -> bool:
 
 
 def hidden(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()
-                  if p.name.startswith(".") and p.name != ".edge_chat.lock")
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
 def start_and_wait_for_child(src: Path, out: Path, env: dict) -> tuple[subprocess.Popen, list[int]]:

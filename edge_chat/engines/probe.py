@@ -33,9 +33,8 @@ _verdicts: dict[str, str] = {}
 
 
 def cache_file() -> Path:
-    root = os.environ.get("EDGE_CHAT_CACHE") or \
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge_chat"
-    return Path(root) / "probed.json"
+    from edge_chat.store import cache_dir
+    return cache_dir() / "probed.json"
 
 
 def _key(path: Path, options) -> str | None:
