@@ -125,16 +125,23 @@ def collapse_to_huge_pages(min_resident: float = 0.9):
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """In a child (subprocess's `preexec_fn`): have the kernel kill this process when its
-    parent dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG; elsewhere nothing)."""
-    import signal
+def _prctl():
     try:
         import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        return ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+
+
+_PRCTL = _prctl() if os.name == "posix" else None
+
+
+def die_with_parent() -> None:
+    """In a child (subprocess's `preexec_fn`): have the kernel kill this process when its
+    parent dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG; elsewhere nothing). The
+    function is looked up in the parent: the child between fork and exec only calls it."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, 9, 0, 0, 0)       # 9: SIGKILL
 
 
 def disk_device(path) -> str:

@@ -13,6 +13,7 @@ message and matching the markup between the placeholders against the real prompt
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Callable
 
@@ -86,15 +87,16 @@ class RoleSeparator:
 
     def __init__(self, tokenize: Tokenize):
         self._tokenize = tokenize
-        self._seen: dict[str, bool] = {}
+        self._seen: dict[bytes, bool] = {}      # sha256 of a content -> has special text
 
     def has_special(self, content: str) -> bool:
-        hit = self._seen.get(content)
+        key = hashlib.sha256(content.encode("utf-8", "surrogatepass")).digest()
+        hit = self._seen.get(key)
         if hit is None:
             hit = self._tokenize(content, False, False) != self._tokenize(content, False, True)
             if len(self._seen) > 4096:
                 self._seen.clear()
-            self._seen[content] = hit
+            self._seen[key] = hit
         return hit
 
     def tokenize(self, render: Callable[[list[dict]], str], messages: list[dict], text: str,

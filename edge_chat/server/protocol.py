@@ -145,8 +145,8 @@ def now() -> int:
     return int(time.time())
 
 
-#: an absolute path in a message: a client learns the last part only
-_ABS_PATH = re.compile(r"(?<![\w.:/~])/(?:[^\s/'\",;()\[\]]+/)*([^\s/'\",;()\[\]]*)")
+#: an absolute path in a message (not an API route): a client learns the last part only
+_ABS_PATH = re.compile(r"(?<![\w.:/~])/(?!v1\b)(?:[^\s/'\",;()\[\]]+/)*([^\s/'\",;()\[\]]*)")
 
 
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
