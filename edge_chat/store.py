@@ -143,7 +143,7 @@ def describe(path: Path) -> dict:
     read from the file's metadata without loading weights."""
     import json
 
-    kind = model_kind(path) or ("gguf" if _has_gguf_magic(path) else None)
+    kind = model_kind(path) or ("gguf" if has_gguf_magic(path) else None)
     if kind is None:
         raise ModelLoadError(f"{path} is not a model: neither a GGUF file nor an ONNX folder "
                              "(with model.onnx)")
@@ -172,7 +172,7 @@ def describe(path: Path) -> dict:
     return row
 
 
-def _has_gguf_magic(path: Path) -> bool:
+def has_gguf_magic(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
             return f.read(4) == b"GGUF"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_chat.errors import ModelLoadError, ModelNotFound
-from edge_chat.store import model_kind
+from edge_chat.store import has_gguf_magic, model_kind
 
 
 @dataclass
@@ -21,14 +21,6 @@ class EngineOptions:
     provider: str = "cpu"                 # ONNX: execution provider
 
 
-def _is_gguf_file(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False
-
-
 def load_engine(path: Path, options: EngineOptions | None = None, *, probe: bool = True):
     """The engine for a model path: a GGUF file or an ONNX model folder. `probe`: the
     first load of a file runs in a child process first (probe.py), so that a file that
@@ -37,7 +29,7 @@ def load_engine(path: Path, options: EngineOptions | None = None, *, probe: bool
     path = Path(path)
     if not path.exists():
         raise ModelNotFound(f"model not found: {path}")
-    kind = model_kind(path) or ("gguf" if path.is_file() and _is_gguf_file(path) else None)
+    kind = model_kind(path) or ("gguf" if path.is_file() and has_gguf_magic(path) else None)
     if kind == "gguf":
         from edge_chat.engines.gguf_check import check_gguf
         from edge_chat.engines.gguf_file import read_gguf

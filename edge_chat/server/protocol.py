@@ -130,10 +130,25 @@ def parse(cls: type[_Request], body: bytes) -> tuple[_Request, SamplingParams]:
         if req.messages is None:
             raise EdgeChatError("'messages' is required", param="messages")
         req.messages = normalize_messages(req.messages)
+        _check_response_format(req.response_format)
     elif isinstance(req, CompletionRequest):
         req.text()
     req.include_usage               # noqa: B018  validated here, before any job starts
     return req, req.params()
+
+
+def _check_response_format(rf: dict | None) -> None:
+    """Its shape, before any job (the engine turns it into a grammar later)."""
+    if rf is None:
+        return
+    kind = rf.get("type")
+    if kind not in ("text", "json_object", "json_schema"):
+        raise EdgeChatError("response_format.type must be 'text', 'json_object' or "
+                            "'json_schema'", param="response_format")
+    spec = rf.get("json_schema")
+    if kind == "json_schema" and not (isinstance(spec, dict) and isinstance(spec.get("schema"), dict)):
+        raise EdgeChatError("response_format.json_schema.schema must be a JSON schema object",
+                            param="response_format")
 
 
 # -- responses ----------------------------------------------------------------
