@@ -97,3 +97,18 @@ def test_api_counts_content_as_text(tiny_gguf, tmp_path, model):
                 assert n < expected        # the typed markup became control tokens again
         finally:
             s.stop()
+
+
+def test_the_page_opens_models_with_role_separation(tiny_gguf, tmp_path, monkeypatch):
+    """The page's model holder keeps contents as text unless
+    --allow-special-in-content."""
+    from edge_chat.ui.handlers import ModelHolder
+    monkeypatch.setenv("EDGE_CHAT_MODELS", str(make_store(tmp_path / "s", {"t.gguf": tiny_gguf["q8_0"]})))
+    for allow in (False, True):
+        holder = ModelHolder(EngineOptions(n_ctx=512, threads=1), allow_special=allow)
+        try:
+            assert not holder.load("t").startswith("error"), holder.status
+            p = holder.model.prepare([{"role": "user", "content": EVIL}], PARAMS)
+            assert (p.tokens == holder.model.engine.tokenize(p.text)) is allow
+        finally:
+            holder.close()
