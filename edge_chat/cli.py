@@ -291,8 +291,12 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON."),
                   str(r.get("context") or "?"), "yes" if r.get("chat_template") else "no")
     Console().print(t)
     free = shutil.disk_usage(root if root.exists() else Path.cwd()).free
-    _err(f"{len(rows)} model(s), {fmt_size(sum(r.get('size_bytes') or 0 for r in rows))}; "
-         f"{fmt_size(free)} free on disk")
+    left = [r for r in rows if r.get("format") == "leftover"]
+    kept = [r for r in rows if r.get("format") != "leftover"]
+    _err(f"{len(kept)} model(s), {fmt_size(sum(r.get('size_bytes') or 0 for r in kept))}; "
+         f"{fmt_size(free)} free on disk" + (
+             f"; {len(left)} leftover(s) of interrupted converts, "
+             f"{fmt_size(sum(r['size_bytes'] or 0 for r in left))}" if left else ""))
 
 
 @command
