@@ -69,15 +69,12 @@ class Vocab:
 
     def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
         """`special=False`: special-token text (``<|im_end|>``) stays text."""
-        if special:
-            ids = self.tok.encode(text, add_special_tokens=False).ids
-        else:
-            with self._plain:
-                self.tok.encode_special_tokens = True
-                try:
-                    ids = self.tok.encode(text, add_special_tokens=False).ids
-                finally:
-                    self.tok.encode_special_tokens = False
+        with self._plain:
+            self.tok.encode_special_tokens = not special
+            try:
+                ids = self.tok.encode(text, add_special_tokens=False).ids
+            finally:
+                self.tok.encode_special_tokens = False
         if add_bos and self.bos_id is not None:
             ids = [self.bos_id] + ids
         return ids
