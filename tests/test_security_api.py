@@ -186,3 +186,19 @@ def test_whole_number_floats_are_integers(http, server):
 @pytest.mark.parametrize("key", ["7_0", " 7", "7 ", "+7", "٧", "0x1f", "1e2", "", "7.0"])
 def test_logit_bias_keys_are_plain_decimal(http, key):
     assert error_of(chat(http, logit_bias={key: 1}), 400)["param"] == "logit_bias"
+
+
+def test_host_policy_of_a_server_on_the_network():
+    """Bound to 0.0.0.0 the server answers IP literals and this machine's name (clients
+    on the network), never another domain name (what a DNS-rebinding page sends)."""
+    import socket
+
+    from edge_chat.server.guard import HostPolicy
+    p = HostPolicy("0.0.0.0")
+    for ok in ("192.168.1.20:8000", "[fe80::1]:80", "localhost", socket.gethostname(), None):
+        assert p.allows(ok), ok
+    for bad in ("evil.example", "192.168.1.20.nip.io", "attacker.localhost.evil"):
+        assert not p.allows(bad), bad
+    local = HostPolicy("127.0.0.1", ["api.example"])
+    assert not local.allows("192.168.1.20") and local.allows("api.example:1")
+    assert HostPolicy("127.0.0.1", ["*"]).allows("anything.example")
