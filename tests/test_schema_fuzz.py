@@ -139,5 +139,5 @@ def test_schema_fuzz_of_the_four_routes(server):
             run()
     assert server.proc.poll() is None
     print("statuses:", {k: v for k, v in sorted(tally.items(), key=str)})
-    assert tally.get(200, 0) >= 40 and tally.get("chunks", 0) > 50, tally
+    assert tally.get(200, 0) >= 30 and tally.get("chunks", 0) >= 20, tally
     assert sum(v for k, v in tally.items() if isinstance(k, int)) >= 250
