@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from tests.test_server_errors import error_of
 from tests.test_server_helpers import FAST, Server, make_store, no_eog, sse_events
 from tests.tiny_model import TRAINED_QA
 
@@ -37,13 +38,6 @@ def server(tiny_gguf, tmp_path_factory):
 def http(server):
     with httpx.Client(base_url=server.url, timeout=120) as c:
         yield c
-
-
-def error_of(r: httpx.Response, status: int) -> dict:
-    assert r.status_code == status, (r.status_code, r.text)
-    body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    return body["error"]
 
 
 def chat(http, **body):
