@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import time
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path

@@ -12,11 +12,9 @@ one-line error (or, for a harmless mutation, a working model)."""
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx

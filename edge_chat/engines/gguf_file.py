@@ -2,11 +2,12 @@
 
 Reads only the header: metadata and the tensor table, never the weights. Big
 arrays (the tokenizer's 100k+ tokens) are kept as their length only unless asked
-for. Also: the GPU layer budget (`fit_gpu_layers`) and `parse_size`.
+for.
 
 GGUF layout (v2/v3): magic "GGUF", u32 version, u64 n_tensors, u64 n_kv, the
 key/values, the tensor infos (name, n_dims, dims, type, offset), padding to
-`general.alignment` (32), then the tensor data."""
+`general.alignment` (32), then the tensor data. (The GPU layer budget and `parse_size`
+live in gpu_budget.py and are re-exported here.)"""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from edge_chat.errors import EdgeChatError, ModelLoadError, printable
+from edge_chat.engines.gpu_budget import (DEFAULT_GPU_RESERVE, fit_gpu_layers,  # noqa: F401
+                                          parse_size)  # (re-exported)
+from edge_chat.errors import ModelLoadError, printable
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -375,57 +378,3 @@ def _parse(buf: mmap.mmap, path: Path, size: int, wanted: bool | set[str]) -> GG
     return GGUFFile(path=path, version=version, metadata=metadata, tensors=tensors,
                     data_offset=data_offset, file_size=size, alignment=alignment,
                     byte_order="little" if endian == "<" else "big")
-
-
-# ---------------------------------------------------------------- GPU budget
-
-#: VRAM kept free for the compute buffers, CUDA context, scratch...
-DEFAULT_GPU_RESERVE = 512 * 1024 ** 2
-
-
-def fit_gpu_layers(gguf: GGUFFile, vram_bytes: int, n_ctx: int,
-                   kv_bytes_per_token_per_layer: int | None = None,
-                   reserve_bytes: int = DEFAULT_GPU_RESERVE) -> int:
-    """How many layers to offload (llama.cpp's n_gpu_layers) within `vram_bytes`.
-
-    llama.cpp offloads the *last* N blocks; each costs its weights plus its KV cache
-    (n_ctx tokens). `n_layers + 1` means every block and the output layer too (what
-    llama.cpp does for n_gpu_layers > n_layers). `reserve_bytes` is kept free for
-    compute buffers. 0 when not even one block fits."""
-    per_layer, _ = gguf.layer_bytes()
-    n_layers = gguf.n_layers
-    per_layer = (per_layer + [0] * n_layers)[:n_layers]
-    if kv_bytes_per_token_per_layer is None:
-        kv_bytes_per_token_per_layer = gguf.kv_bytes_per_token_per_layer()
-    kv_layer = int(n_ctx) * int(kv_bytes_per_token_per_layer)
-    budget = int(vram_bytes) - int(reserve_bytes)
-    used = fitted = 0
-    for weights in reversed(per_layer):
-        cost = weights + kv_layer
-        if used + cost > budget:
-            return fitted
-        used += cost
-        fitted += 1
-    if used + gguf.output_bytes() <= budget:
-        return n_layers + 1
-    return n_layers
-
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.I)
-_UNITS = {"": 1, "b": 1,
-          "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4,
-          "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4,
-          "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4}
-
-
-def parse_size(text: str | int) -> int:
-    """'4GB' -> 4*10^9, '512MiB' -> 512*2^20, '4g' -> 4*2^30, '1024' -> 1024 bytes.
-    SI suffixes (KB, MB, GB, TB) are decimal; KiB.. and bare k/m/g/t are binary."""
-    if isinstance(text, int):
-        return text
-    m = _SIZE_RE.match(str(text))
-    unit = m.group(2).lower() if m else None
-    if not m or unit not in _UNITS:
-        raise EdgeChatError(f"invalid size '{text}': use e.g. 4GB, 512MiB, 4g or a number of bytes",
-                            param="vram")
-    return int(float(m.group(1)) * _UNITS[unit])
