@@ -118,9 +118,10 @@ def _run_probe(path: Path, options) -> tuple[str | None, bool]:
         return _OK, True
     if rc == CLEAN_ERROR:
         return None, True
-    # a signal or an engine's own exception: the file's fault; another exit code (the
-    # probe itself could not run): reported, not remembered
-    return crash_verdict(rc, proc.stderr.decode("utf-8", "replace")), rc < 0 or rc == 4
+    # a signal or an engine's own exception: the file's fault, remembered; SIGKILL (the
+    # out-of-memory killer?) or another exit code (the probe could not run): only reported
+    final = (rc < 0 and rc != -signal.SIGKILL) or rc == 4
+    return crash_verdict(rc, proc.stderr.decode("utf-8", "replace")), final
 
 
 #: ggml's abort line ("/build/.../binary-ops.cpp:135: MESSAGE"), or our child's "error: ..."
