@@ -281,6 +281,7 @@ def _child_env() -> dict:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    env["EDGE_CHAT_PROBE"] = "0"     # a throw-away process already: load times stay pure
     return env
 
 

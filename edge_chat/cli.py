@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from edge_chat.errors import EdgeChatError
+from edge_chat.errors import EdgeChatError, printable
 from edge_chat.store import fmt_size
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -21,15 +21,34 @@ def _err(text: str) -> None:
     sys.stderr.flush()
 
 
-def command(fn):
-    """Register a command whose bad input ends in one line on stderr and exit 1."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, systemd, docker stop), raised where Ctrl-C would be, so the
+    same clean-up runs."""
+
+
+def _on_sigterm(_signum, _frame):
+    raise Terminated()
+
+
+def command(fn=None, *, sigterm: bool = False):
+    """Register a command whose bad input ends in one line on stderr and exit 1.
+    `sigterm`: SIGTERM is handled like Ctrl-C (partial output removed, exit 143)."""
+    if fn is None:
+        return functools.partial(command, sigterm=sigterm)
+
     @functools.wraps(fn)
     def run(*args, **kwargs):
+        if sigterm:
+            import signal
+            signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             return fn(*args, **kwargs)
         except EdgeChatError as e:
-            _err(f"error: {e}")
+            _err(f"error: {printable(str(e), 2000)}")
             raise typer.Exit(1)
+        except Terminated:
+            _err("error: terminated (SIGTERM); partial output removed")
+            raise typer.Exit(143)
         except KeyboardInterrupt:
             _err("interrupted")
             raise typer.Exit(130)
@@ -53,6 +72,9 @@ DraftOpt = typer.Option(None, "--draft", help="A small draft model with the same
                         "(GGUF file, ONNX folder or store name) for speculative decoding.")
 TemplateOpt = typer.Option(None, "--chat-template",
                            help="A Jinja file or a built-in name (chatml, gemma, llama3, phi3, mistral).")
+SpecialOpt = typer.Option(False, "--allow-special-in-content",
+                          help="Let special-token text in messages (<|im_end|>...) act as template "
+                               "markup (default: it is plain text).")
 
 
 def _in_store(spec: Optional[str], yes: bool) -> Optional[str]:
@@ -106,7 +128,7 @@ def chat(
     stats: bool = typer.Option(False, "--stats", help="Print tokens/s and time to first token."),
     context_policy: str = typer.Option("truncate", "--context-policy",
                                        help="When the window is full: truncate (drop oldest turns) or error."),
-    chat_template: Optional[str] = TemplateOpt,
+    chat_template: Optional[str] = TemplateOpt, allow_special: bool = SpecialOpt,
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
     mmap: bool = MmapOpt, provider: str = ProviderOpt,
@@ -139,7 +161,8 @@ def chat(
         options = _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
                                   speculative, draft)
         model_ = open_chat(_in_store(model, yes), options,
-                           chat_template=chat_template, context_policy=context_policy, warn=_err)
+                           chat_template=chat_template, context_policy=context_policy, warn=_err,
+                           allow_special=allow_special)
     try:
         session = ChatSession(model_, params, system=system, show_stats=stats)
         if prompt is not None:
@@ -196,7 +219,7 @@ def ui(
     yes: bool = YesOpt,
     context_policy: str = typer.Option("truncate", "--context-policy",
                                        help="When the window is full: truncate (drop oldest turns) or error."),
-    chat_template: Optional[str] = TemplateOpt,
+    chat_template: Optional[str] = TemplateOpt, allow_special: bool = SpecialOpt,
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
     mmap: bool = MmapOpt, provider: str = ProviderOpt,
@@ -212,7 +235,7 @@ def ui(
            options=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
                                    speculative, draft),
            chat_template=chat_template, context_policy=context_policy, export_dir=export_dir,
-           warn=_err)
+           warn=_err, allow_special=allow_special)
 
 
 # -- serve --------------------------------------------------------------------
@@ -230,20 +253,26 @@ def serve(
                                                     help="Allow this browser origin (repeatable)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
     yes: bool = YesOpt,
-    chat_template: Optional[str] = TemplateOpt,
+    allowed_host: Optional[List[str]] = typer.Option(
+        None, "--allowed-host", help="Also answer requests for this Host name (repeatable; "
+                                     "'*': any). Default: localhost names and the --host address."),
+    max_body: str = typer.Option("4MiB", "--max-body", help="Largest request body (then 413)."),
+    chat_template: Optional[str] = TemplateOpt, allow_special: bool = SpecialOpt,
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
     mmap: bool = MmapOpt, provider: str = ProviderOpt,
     speculative: str = SpecOpt, draft: Optional[str] = DraftOpt,
 ):
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)."""
+    from edge_chat.engines.gguf_file import parse_size
     from edge_chat.server import ServerConfig
     from edge_chat.server import serve as run_server
     models = [_in_store(m, yes) for m in models or []]
     run_server(ServerConfig(
         models=models or None, host=host, port=port, api_key=api_key or None,
         max_loaded=max_loaded, max_queue=max_queue, cors_origins=cors_origin or [],
-        chat_template=chat_template,
+        chat_template=chat_template, allowed_hosts=allowed_host or [],
+        max_body=parse_size(max_body), allow_special=allow_special,
         engine=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
                                speculative, draft)),
         log_level=log_level)
@@ -253,22 +282,31 @@ def serve(
 
 
 @command
-def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
+def models(json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+           all_: bool = typer.Option(False, "--all", help="Also list leftovers of interrupted "
+                                     "converts (hidden temporary files the next convert removes).")):
     """List the models in the store ($EDGE_CHAT_MODELS, else ./models, else the per-user store)."""
     import json
     import shutil
 
     from rich.table import Table
 
-    from edge_chat.store import describe, empty_store_hint, list_models, store_choice
+    from edge_chat.atomic import leftovers
+    from edge_chat.store import describe, empty_store_hint, list_models, models_dir, path_size, \
+        store_choice
     from edge_chat.tables import print_table
     rows = []
     for p in list_models():
         try:
             rows.append(describe(p))
         except EdgeChatError as e:
-            rows.append({"name": p.name, "format": "broken", "error": str(e),
+            rows.append({"name": p.name, "format": "broken", "error": printable(str(e), 300),
                          "size_bytes": None})
+    if all_:
+        for p in leftovers(models_dir()):
+            rows.append({"name": p.name, "format": "leftover", "size_bytes": path_size(p),
+                         "error": "left by an interrupted convert; the next convert here "
+                                  "removes it"})
     if json_out:
         print(json.dumps(rows, indent=2))
         return
@@ -280,13 +318,17 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
     for col in ("name", "format", "quant", "size", "arch", "context", "template"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["name"], r.get("format", "?"), str(r.get("quant", "")),
-                  fmt_size(r.get("size_bytes")), str(r.get("arch", r.get("error", ""))),
+        t.add_row(printable(r["name"], 80), r.get("format", "?"), printable(str(r.get("quant", ""))),
+                  fmt_size(r.get("size_bytes")), printable(str(r.get("arch", r.get("error", "")))),
                   str(r.get("context") or "?"), "yes" if r.get("chat_template") else "no")
     print_table(t)
     free = shutil.disk_usage(root if root.exists() else Path.cwd()).free
-    _err(f"{len(rows)} model(s), {fmt_size(sum(r.get('size_bytes') or 0 for r in rows))}; "
-         f"{fmt_size(free)} free on disk")
+    left = [r for r in rows if r.get("format") == "leftover"]
+    kept = [r for r in rows if r.get("format") != "leftover"]
+    _err(f"{len(kept)} model(s), {fmt_size(sum(r.get('size_bytes') or 0 for r in kept))}; "
+         f"{fmt_size(free)} free on disk" + (
+             f"; {len(left)} leftover(s) of interrupted converts, "
+             f"{fmt_size(sum(r['size_bytes'] or 0 for r in left))}" if left else ""))
 
 
 @command
@@ -303,11 +345,11 @@ def info(model: str = typer.Argument(..., help="A path or a name in the store.")
     for k, v in row.items():
         if k == "size_bytes":
             v = f"{fmt_size(v)} ({v} bytes)"
-        print(f"{k:14} {v}")
+        print(f"{k:14} {printable(str(v), 300)}")
 
 
 # -- convert ------------------------------------------------------------------
-@command
+@command(sigterm=True)
 def convert(
     src: str = typer.Argument(..., help="A Hugging Face model folder (or a hub id when online)."),
     to: str = typer.Option("gguf", "--to", help="gguf or onnx."),
@@ -336,7 +378,7 @@ def convert(
                 budget=parse_size(ram) if ram else None)
 
 
-@command
+@command(sigterm=True)
 def pull(
     spec: str = typer.Argument(..., help="A hub id: org/name, org/name:QUANT or org/name:FILE.gguf."),
     quant: Optional[str] = typer.Option(None, "--quant", "-q", help="GGUF: the quant (default "

@@ -48,3 +48,17 @@ class ConvertError(EdgeChatError):
 
 class PullError(EdgeChatError):
     """Getting a model from the hub failed: unknown repo, offline, corrupt download..."""
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """`text` safe to print on one line: control characters (and other invisible
+    format characters) escaped as \\xNN / \\uNNNN, cut to `limit` characters."""
+    import unicodedata
+    out = []
+    for ch in str(text):
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs"):
+            out.append(ascii(ch)[1:-1])
+        else:
+            out.append(ch)
+    s = "".join(out)
+    return s if len(s) <= limit else s[:limit] + f"... ({len(s) - limit} more characters)"

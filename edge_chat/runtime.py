@@ -14,10 +14,12 @@ from edge_chat.store import resolve_model
 
 def open_chat(spec: str | None, options: EngineOptions | None = None, *,
               chat_template: str | None = None, context_policy: str = "truncate",
-              need_template: bool = True, warn: Callable[[str], None] | None = None) -> ChatModel:
+              need_template: bool = True, warn: Callable[[str], None] | None = None,
+              allow_special: bool = False) -> ChatModel:
     """`spec`: a path or a store name (None: the store's only model).
     `need_template=False` opens base models for plain completion even when
-    no template can be found."""
+    no template can be found. `allow_special`: special-token text in message contents
+    acts as template markup (off: it is plain text)."""
     engine = load_engine(resolve_model(spec), options)
     try:
         template, note = resolve_template(
@@ -30,4 +32,5 @@ def open_chat(spec: str | None, options: EngineOptions | None = None, *,
         template, note = None, None
     if note and warn:
         warn(note)
-    return ChatModel(engine, template, context_policy=context_policy)
+    return ChatModel(engine, template, context_policy=context_policy,
+                     allow_special=allow_special)

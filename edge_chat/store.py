@@ -7,7 +7,12 @@ import os
 import re
 from pathlib import Path
 
-from edge_chat.errors import ModelNotFound
+from edge_chat.errors import ModelLoadError, ModelNotFound, printable
+
+#: longest file name most file systems take (NAME_MAX), in bytes
+MAX_NAME_BYTES = 255
+#: longest path we try to open (PATH_MAX)
+MAX_PATH_BYTES = 4096
 
 
 #: a part of a split GGUF: llama.cpp loads `NAME-00001-of-00003.gguf` and finds the rest beside it
@@ -28,6 +33,15 @@ def store_choice() -> tuple[Path, str]:
 
 def models_dir() -> Path:
     return store_choice()[0]
+
+
+def cache_dir() -> Path:
+    """`$EDGE_CHAT_CACHE`, else `$XDG_CACHE_HOME/edge_chat` (~/.cache/edge_chat): the
+    probe verdicts and the convert locks."""
+    env = os.environ.get("EDGE_CHAT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge_chat"
 
 
 def slug(name: str) -> str:
@@ -71,23 +85,45 @@ def model_files(path: Path) -> list[Path]:
     return [p for p in parts if p.exists()]
 
 
-def _inside(root: Path, name: str) -> bool:
-    if not name or "\x00" in name or os.path.isabs(name) or ".." in Path(name).parts \
-            or "/" in name or "\\" in name:
-        return False
-    return True
+def _nbytes(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def check_name(name: str) -> None:
+    """A store name, checked before the file system sees it: at most 255 bytes, no
+    control characters, no path (ModelNotFound naming the problem)."""
+    if not isinstance(name, str) or not name:
+        raise ModelNotFound("the model name is empty")
+    if _nbytes(name) + 5 > MAX_NAME_BYTES:          # + ".gguf"
+        raise ModelNotFound(f"the model name is too long: {_nbytes(name)} bytes "
+                            f"(at most {MAX_NAME_BYTES - 5})")
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in name):
+        raise ModelNotFound(f"the model name '{printable(name, 80)}' contains control characters")
+    if name.startswith(".") or "/" in name or "\\" in name:
+        raise ModelNotFound(f"model '{printable(name, 80)}' not found: a store name has no "
+                            "path and does not start with '.'")
+
+
+def check_path(spec: str) -> None:
+    """A path given on the command line, checked before the file system sees it."""
+    if "\x00" in spec or any(0xD800 <= ord(c) <= 0xDFFF for c in spec):
+        raise ModelNotFound(f"'{printable(spec, 80)}' is not a valid path or model name")
+    if _nbytes(spec) > MAX_PATH_BYTES or any(_nbytes(p) > MAX_NAME_BYTES
+                                             for p in spec.split(os.sep)):
+        raise ModelNotFound(f"'{printable(spec, 60)}' is not a model: the name or path is too "
+                            f"long ({_nbytes(spec)} bytes; a name takes at most {MAX_NAME_BYTES})")
 
 
 def find_in_store(name: str, root: Path | None = None) -> Path:
     """A model by store name only (no paths): `name`, `name.gguf`. The name
     cannot escape the store. Raises ModelNotFound."""
     root = root or models_dir()
-    if _inside(root, name):
-        for cand in (root / name, root / f"{name}.gguf", *sorted(root.glob(
-                f"{glob.escape(name)}-00001-of-[0-9][0-9][0-9][0-9][0-9].gguf"))):
-            if model_kind(cand):
-                return cand
-    raise ModelNotFound(f"model '{name}' not found in the store {root}")
+    check_name(name)
+    for cand in (root / name, root / f"{name}.gguf", *sorted(root.glob(
+            f"{glob.escape(name)}-00001-of-[0-9][0-9][0-9][0-9][0-9].gguf"))):
+        if model_kind(cand):
+            return cand
+    raise ModelNotFound(f"model '{printable(name, 80)}' not found in the store {root}")
 
 
 def resolve_model(spec: str | None, root: Path | None = None) -> Path:
@@ -101,6 +137,7 @@ def resolve_model(spec: str | None, root: Path | None = None) -> Path:
             raise ModelNotFound(f"no model in the store {root}: {empty_store_hint()}", param=None)
         names = ", ".join(model_name(m) for m in models)
         raise ModelNotFound(f"several models in the store, name one: {names}", param=None)
+    check_path(spec)
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_dir() and not (path / "model.onnx").exists():
@@ -147,19 +184,29 @@ def describe(path: Path) -> dict:
     read from the file's metadata without loading weights."""
     import json
 
-    kind = model_kind(path)
-    row = {"name": model_name(path), "path": str(path), "format": kind or "?",
+    kind = model_kind(path) or ("gguf" if has_gguf_magic(path) else None)
+    if kind is None:
+        raise ModelLoadError(f"{path} is not a model: neither a GGUF file nor an ONNX folder "
+                             "(with model.onnx)")
+    row = {"name": model_name(path), "path": str(path), "format": kind,
            "size_bytes": path_size(path)}
     if kind == "gguf":
+        from edge_chat.engines.gguf_check import check_gguf
         from edge_chat.engines.gguf_file import read_gguf
         g = read_gguf(path)
+        check_gguf(g)
         n_params = g.n_params + sum(read_gguf(p).n_params or 0 for p in model_files(path)[1:])
         row.update(quant=g.quant_name, arch=g.arch, context=g.context_length,
                    n_params=n_params, n_layers=g.n_layers,
                    chat_template=g.chat_template is not None, general_name=g.name)
     elif kind == "onnx":
         manifest = path / "edge_chat.json"
-        m = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        try:
+            m = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{manifest} is not valid JSON: {e}") from None
+        if not isinstance(m, dict):
+            raise ModelLoadError(f"{manifest} is not a JSON object")
         row.update(quant=m.get("quant", "?"), arch=m.get("arch", "?"),
                    context=m.get("context_length"), n_params=m.get("n_params"),
                    n_layers=m.get("n_layers"), source=m.get("source"),
@@ -167,11 +214,20 @@ def describe(path: Path) -> dict:
     return row
 
 
+def has_gguf_magic(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
 def _onnx_has_template(path: Path) -> bool:
     import json
     cfg = path / "tokenizer_config.json"
     try:
-        return bool(json.loads(cfg.read_text()).get("chat_template")) or \
+        data = json.loads(cfg.read_text())
+        return bool(isinstance(data, dict) and data.get("chat_template")) or \
             (path / "chat_template.jinja").is_file()
     except (OSError, ValueError):
         return False

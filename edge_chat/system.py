@@ -118,3 +118,60 @@ def collapse_to_huge_pages(min_resident: float = 0.9):
     t = threading.Thread(target=run, name="edge-chat-hugepages", daemon=True)
     t.start()
     return t
+
+
+# -- child processes and disks ------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _prctl():
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl() if os.name == "posix" else None
+
+
+def die_with_parent() -> None:
+    """In a child (subprocess's `preexec_fn`): have the kernel kill this process when its
+    parent dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG; elsewhere nothing). The
+    function is looked up in the parent: the child between fork and exec only calls it."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, 9, 0, 0, 0)       # 9: SIGKILL
+
+
+def disk_device(path) -> str:
+    """The device (or file system) holding `path`, e.g. '/dev/sda1' or 'tmpfs at /tmp'."""
+    from pathlib import Path
+    p = Path(path).resolve()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    mount = p
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    try:
+        with open("/proc/self/mounts") as f:
+            found = [line.split()[0] for line in f if len(line.split()) > 1
+                     and line.split()[1].replace("\\040", " ") == str(mount)]
+    except OSError:
+        found = []
+    dev = found[-1] if found else ""
+    return dev if dev.startswith("/") else f"{dev or 'the disk'} at {mount}"
+
+
+def free_bytes(path) -> int:
+    import shutil
+    from pathlib import Path
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def no_space_message(path, needed: int) -> str:
+    """'no space left on /dev/sda1: 340 MB needed' (needed counts bytes still missing)."""
+    return f"no space left on {disk_device(path)}: {max(1, -(-needed // 10**6))} MB needed"

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from edge_chat.chat.context import fit_messages
+from edge_chat.chat.context import check_prompt_bytes, fit_messages
 from edge_chat.chat.messages import normalize_messages
 from edge_chat.chat.params import SamplingParams
+from edge_chat.chat.roles import RoleSeparator
 from edge_chat.chat.stops import StopMatcher
 from edge_chat.chat.template import ChatTemplate
 from edge_chat.errors import ContextLengthExceeded, EdgeChatError
@@ -103,11 +104,14 @@ class ChatModel:
     """One engine plus its chat template and context policy."""
 
     def __init__(self, engine: "Engine", template: ChatTemplate | None = None, *,
-                 context_policy: str = "truncate"):
+                 context_policy: str = "truncate", allow_special: bool = False):
         self.engine = engine
         self.info = engine.info
         self.template = template
         self.context_policy = context_policy
+        #: True: special-token text inside message contents acts as control tokens
+        self.allow_special = allow_special
+        self._roles = RoleSeparator(lambda t, b, s: engine.tokenize(t, add_bos=b, special=s))
 
     @property
     def n_ctx(self) -> int:
@@ -119,25 +123,34 @@ class ChatModel:
             raise ValueError("this model was opened without a chat template")
         return self.template.render(messages, add_generation_prompt=True, tools=tools)
 
-    def tokenize_prompt(self, text: str) -> list[int]:
+    def tokenize_prompt(self, text: str, messages: list[dict] | None = None,
+                        tools: list | None = None) -> list[int]:
+        """Tokens of a rendered prompt; given the `messages` it was rendered from, their
+        contents are plain text (roles.py) unless `allow_special`."""
         add_bos = self.info.add_bos
+        skip = 0
         if add_bos and self.info.bos_token and text.startswith(self.info.bos_token):
-            text = text[len(self.info.bos_token):]  # the tokenizer adds BOS itself
-        return self.engine.tokenize(text, add_bos=add_bos)
+            skip = len(self.info.bos_token)  # the tokenizer adds BOS itself
+        if messages is None or self.allow_special:
+            return self.engine.tokenize(text[skip:], add_bos=add_bos)
+        return self._roles.tokenize(lambda m: self.render(m, tools), messages, text, skip,
+                                    add_bos)
 
     def count_tokens(self, messages: list[dict], tools: list | None = None) -> int:
-        return len(self.tokenize_prompt(self.render(messages, tools)))
+        return len(self.tokenize_prompt(self.render(messages, tools), messages, tools))
 
     def prepare(self, messages: list, params: SamplingParams, tools: list | None = None,
                 policy: str | None = None) -> Prompt:
         msgs = normalize_messages(messages)
+        check_prompt_bytes(msgs, self.n_ctx, policy or self.context_policy)
         kept, dropped = fit_messages(msgs, lambda m: self.count_tokens(m, tools), self.n_ctx,
                                      params.max_tokens, policy or self.context_policy)
         text = self.render(kept, tools)
-        return Prompt(kept, text, self.tokenize_prompt(text), dropped)
+        return Prompt(kept, text, self.tokenize_prompt(text, kept, tools), dropped)
 
     def prepare_text(self, text: str, params: SamplingParams, policy: str | None = None) -> Prompt:
         """A plain-text prompt (completion of base models): no template."""
+        check_prompt_bytes([{"role": "user", "content": text}], self.n_ctx, "error")
         tokens = self.engine.tokenize(text, add_bos=self.info.add_bos)
         need = len(tokens) + (params.max_tokens or 1)
         if need > self.n_ctx:

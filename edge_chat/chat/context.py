@@ -52,3 +52,22 @@ def fit_messages(messages: list[dict], count: Callable[[list[dict]], int], n_ctx
                 break
         n_prompt = count(kept)
     return kept, dropped
+
+
+#: more bytes of text than any token of the tokenizers we know stands for (the longest
+#: pieces are runs of spaces or punctuation: 128 bytes in Qwen2's vocabulary)
+MAX_TOKEN_BYTES = 256
+
+
+def check_prompt_bytes(messages: list[dict], n_ctx: int, policy: str = "error") -> None:
+    """ContextLengthExceeded, before any tokenizing, for contents whose bytes cannot fit
+    `n_ctx` tokens whatever the tokenizer. With "truncate" only what cannot be dropped
+    counts (system messages and the last message)."""
+    keep = messages if policy == "error" else \
+        [m for m in messages[:-1] if m.get("role") == "system"] + messages[-1:]
+    size = sum(len(m["content"].encode("utf-8", "surrogatepass")) for m in keep
+               if isinstance(m.get("content"), str))
+    if size > n_ctx * MAX_TOKEN_BYTES:
+        raise ContextLengthExceeded(
+            f"this model's context window is {n_ctx} tokens; the messages hold {size} bytes of "
+            f"text, more than {n_ctx} tokens can (at most {MAX_TOKEN_BYTES} bytes each)")

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge_chat.errors import EdgeChatError
+
+
+def _token_key(k: Any) -> bool:
+    """A logit_bias key: plain decimal digits ("7_0", " 7", "٧" are not)."""
+    return isinstance(k, str) and re.fullmatch(r"-?[0-9]{1,12}", k) is not None
 
 
 class SamplingParams(BaseModel):
@@ -52,10 +58,9 @@ class SamplingParams(BaseModel):
             raise ValueError("must be a map of token id to bias")
         out: dict[int, float] = {}
         for k, b in v.items():
-            try:
-                tok = int(k)
-            except (TypeError, ValueError):
-                raise ValueError(f"key {k!r} is not a token id") from None
+            if isinstance(k, bool) or not (isinstance(k, int) or _token_key(k)):
+                raise ValueError(f"key {str(k)[:40]!r} is not a token id (a decimal integer)")
+            tok = int(k)
             if tok < 0:
                 raise ValueError(f"token id {tok} is negative")
             if isinstance(b, bool) or not isinstance(b, (int, float)) or not -100 <= b <= 100:
@@ -140,6 +145,8 @@ def parse_logit_bias(items: list[str]) -> dict[int, float]:
     for item in items:
         key, sep, val = item.replace("=", ":").partition(":")
         try:
+            if not _token_key(key):
+                raise ValueError(key)
             out[int(key)] = float(val)
         except ValueError:
             raise EdgeChatError(f"invalid 'logit_bias': {item!r} (write TOKEN_ID:BIAS)",

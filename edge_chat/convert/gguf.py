@@ -191,12 +191,15 @@ def _quantize(f16: Path, dest: Path, ftype: int, progress: Progress) -> None:
 
 def _run(cmd: list[str], cwd: Path, on_line: Callable[[str], None]) -> tuple[int, list[str]]:
     """Run `cmd`, feeding each output line (split on \\n and \\r, for tqdm) to `on_line`.
-    Returns (exit code, the last lines). The child is killed if we are interrupted."""
+    Returns (exit code, the last lines). The child is killed if we are interrupted, and
+    by the kernel if we die (a parent-death signal)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
     env.setdefault("HF_HUB_OFFLINE", "1")   # a local folder: never wait on the network
     tail: deque[str] = deque(maxlen=60)
+    from edge_chat.system import die_with_parent
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=die_with_parent if os.name == "posix" else None)
     try:
         pending = b""
         while chunk := proc.stdout.read1(65536):

@@ -9,13 +9,55 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edge_chat.convert.common import ConvertResult, read_hf_config, resolve_source
+from edge_chat.atomic import folder_lock
+from edge_chat.convert.common import ConvertResult, read_hf_config, resolve_source, weights_size
 from edge_chat.errors import ConvertError
 from edge_chat.store import fmt_size
+from edge_chat.system import free_bytes, no_space_message
 from edge_chat.tables import print_table
 
 TARGETS = ("gguf", "onnx")
 DEFAULT_QUANT = {"gguf": "q4_k_m", "onnx": "int4"}
+#: output bytes per 16-bit source byte (bits per weight / 16)
+SIZE_RATIO = {"f32": 2.0, "f16": 1.0, "bf16": 1.0, "q8_0": 0.54, "q6_k": 0.42, "q5_k_m": 0.36,
+              "q5_0": 0.35, "q4_k_m": 0.31, "q4_k_s": 0.29, "q4_0": 0.29, "q3_k_m": 0.25,
+              "q2_k": 0.22, "fp32": 2.0, "fp16": 1.0, "int8": 0.55, "int4": 0.3}
+
+
+def disk_needed(folder: Path, to: str, quant: str) -> int:
+    """Bytes a conversion needs on the output's disk at its peak (the intermediate and
+    the output side by side), estimated from the source's weights."""
+    half = weights_size(folder)
+    config = read_hf_config(folder)
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "").lower()
+    if dtype in ("float32", "fp32"):
+        half //= 2
+    out = int(half * SIZE_RATIO.get(quant, 1.0))
+    if to == "gguf":
+        return out + (0 if quant in ("f32", "f16", "bf16", "q8_0") else half)
+    return out + 2 * half                    # the fp32 export, then the quantized copy
+
+
+def _out_dir(output: Path | None) -> Path:
+    from edge_chat.store import models_dir
+    if output is None:
+        return models_dir()
+    return output if output.is_dir() else output.parent
+
+
+def _disk_full(e: BaseException, where: Path) -> bool:
+    import errno
+    text = str(e)
+    return getattr(e, "errno", None) == errno.ENOSPC or "No space left" in text \
+        or "iostream error" in text or free_bytes(where) < 16 * 10**6
+
+
+def _clean(where: Path, alone: bool, console: Console) -> None:
+    from edge_chat.atomic import clean_leftovers
+    removed = clean_leftovers(where, alone)
+    if removed:
+        console.print(f"removed {len(removed)} leftover(s) of an interrupted convert in {where} "
+                      f"({fmt_size(sum(n for _, n in removed))})")
 
 
 def summary_table(r: ConvertResult) -> Table:
@@ -63,8 +105,24 @@ def run_convert(src: str, to: str, quant: str | None, output: Path | None, block
     local = Path(src).expanduser().exists()
     folder = resolve_source(src)
     evaluate = (local if evaluate is None else evaluate) or recommend
+    where = _out_dir(output)
+    with folder_lock(where) as alone:
+        _clean(where, alone, console)
+        results = _convert_all(folder, to, quants, convert, output, extra, where, console)
+    if evaluate:
+        quality_report(folder, results, to, console, recommend, budget)
+    for r in results:
+        print(r.output)
+    return results
+
+
+def _convert_all(folder: Path, to: str, quants: list[str], convert, output: Path | None,
+                 extra: dict, where: Path, console: Console) -> list[ConvertResult]:
     results = []
     for q in quants:
+        need = disk_needed(folder, to, q)
+        if free_bytes(where) < 0.8 * need:
+            raise ConvertError(no_space_message(where, need - free_bytes(where)))
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                       TimeElapsedColumn(), console=console, transient=True) as bar:
             task = bar.add_task(f"{to} {q}", total=None)
@@ -73,12 +131,14 @@ def run_convert(src: str, to: str, quant: str | None, output: Path | None, block
                 bar.update(task, description=f"{to} {q}: {stage}",
                            total=None if frac is None else 1.0, completed=frac or 0)
 
-            results.append(convert(folder, q, output, progress=progress, **extra))
+            try:
+                results.append(convert(folder, q, output, progress=progress, **extra))
+            except (OSError, RuntimeError, ConvertError) as e:
+                if not _disk_full(e, where):
+                    raise
+                raise ConvertError(no_space_message(where, max(need - free_bytes(where),
+                                                               10**6))) from None
         print_table(summary_table(results[-1]), console)
-    if evaluate:
-        quality_report(folder, results, to, console, recommend, budget)
-    for r in results:
-        print(r.output)
     return results
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_chat.errors import EdgeChatError, ModelLoadError, ModelNotFound
-from edge_chat.store import model_kind
+from edge_chat.store import has_gguf_magic, model_kind
 
 
 @dataclass
@@ -23,17 +23,11 @@ class EngineOptions:
     draft: str | None = None              # a draft model (same vocabulary) path
 
 
-def _is_gguf_file(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False
-
-
-def load_engine(path: Path, options: EngineOptions | None = None):
+def load_engine(path: Path, options: EngineOptions | None = None, *, probe: bool = True):
     """The engine for a model path (a GGUF file or an ONNX model folder), with
-    speculative decoding set up as the options ask (a draft model loaded)."""
+    speculative decoding set up as the options ask (a draft model loaded). `probe`: the
+    first load of a file runs in a child process first (probe.py), so that a file that
+    crashes the engine costs a ModelLoadError, not this process."""
     from edge_chat.engines.speculative import MODES
     o = options or EngineOptions()
     if o.speculative not in MODES:
@@ -41,11 +35,11 @@ def load_engine(path: Path, options: EngineOptions | None = None):
                             f"not '{o.speculative}'", param="speculative")
     if o.speculative == "draft" and not o.draft:
         raise EdgeChatError("--speculative draft needs --draft MODEL", param="draft")
-    engine = _load(Path(path), o)
+    engine = _load(Path(path), o, probe)
     engine.speculative = o.speculative
     if o.draft and o.speculative in ("auto", "draft"):
         try:
-            draft = _load(Path(o.draft).expanduser(), o)
+            draft = _load(Path(o.draft).expanduser(), o, probe)
         except EdgeChatError as e:
             engine.close()
             raise EdgeChatError(f"draft model: {e}", param="draft") from None
@@ -74,11 +68,19 @@ def check_same_vocab(engine, draft) -> None:
 _PROBE = "def speculate(x):\n    return x * 2  # the same tokens? <|im_end|>"
 
 
-def _load(path: Path, o: EngineOptions):
+def _load(path: Path, o: EngineOptions, probe: bool):
     """The engine for a model path: a GGUF file or an ONNX model folder."""
     if not path.exists():
         raise ModelNotFound(f"model not found: {path}")
-    kind = model_kind(path) or ("gguf" if path.is_file() and _is_gguf_file(path) else None)
+    kind = model_kind(path) or ("gguf" if path.is_file() and has_gguf_magic(path) else None)
+    if kind == "gguf":
+        from edge_chat.engines.gguf_check import check_gguf
+        from edge_chat.engines.gguf_file import read_gguf
+        check_gguf(read_gguf(path))
+    if kind is not None and probe:
+        from edge_chat.engines.probe import ensure_loadable
+        from edge_chat.store import model_name
+        ensure_loadable(path, model_name(path), o)
     if kind == "gguf":
         from edge_chat.engines.gguf import GGUFEngine
         return GGUFEngine(path, n_ctx=o.n_ctx, threads=o.threads, gpu_layers=o.gpu_layers,

@@ -2,11 +2,12 @@
 
 Reads only the header: metadata and the tensor table, never the weights. Big
 arrays (the tokenizer's 100k+ tokens) are kept as their length only unless asked
-for. Also: the GPU layer budget (`fit_gpu_layers`) and `parse_size`.
+for.
 
 GGUF layout (v2/v3): magic "GGUF", u32 version, u64 n_tensors, u64 n_kv, the
 key/values, the tensor infos (name, n_dims, dims, type, offset), padding to
-`general.alignment` (32), then the tensor data."""
+`general.alignment` (32), then the tensor data. (The GPU layer budget and `parse_size`
+live in gpu_budget.py and are re-exported here.)"""
 
 from __future__ import annotations
 
@@ -18,13 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from edge_chat.errors import EdgeChatError, ModelLoadError
+from edge_chat.engines.gpu_budget import (DEFAULT_GPU_RESERVE, fit_gpu_layers,  # noqa: F401
+                                          parse_size)  # (re-exported)
+from edge_chat.errors import ModelLoadError, printable
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 #: arrays with more elements than this are stored as `GGUFArray` (length only)
 SMALL_ARRAY = 64
+#: arrays of arrays deeper than this are a corrupt file (llama.cpp writes none)
+MAX_ARRAY_DEPTH = 4
 
 # ggml type id -> (name, elements per block, bytes per block)
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
@@ -247,14 +252,18 @@ class _Cursor:
         self.pos += n
 
 
-def _read_value(cur: _Cursor, vtype: int, key: str, load_array: bool) -> Any:
-    what = f"the value of '{key}'"
+def _read_value(cur: _Cursor, vtype: int, key: str, load_array: bool, depth: int = 0) -> Any:
+    what = f"the value of '{printable(key)}'"
     if vtype in _SCALARS:
         return cur.unpack(_SCALARS[vtype], what)
     if vtype == _STRING:
         return cur.string(what)
     if vtype != _ARRAY:
-        raise ModelLoadError(f"{cur.path}: corrupt GGUF metadata: '{key}' has unknown value type {vtype}")
+        raise ModelLoadError(f"{cur.path}: corrupt GGUF metadata: '{printable(key)}' has unknown "
+                             f"value type {vtype}")
+    if depth >= MAX_ARRAY_DEPTH:
+        raise ModelLoadError(f"{cur.path}: corrupt GGUF metadata: '{printable(key)}' nests arrays "
+                             f"more than {MAX_ARRAY_DEPTH} deep")
     etype = cur.u32(what)
     n = cur.u64(what)
     if etype in _SCALARS:
@@ -274,8 +283,10 @@ def _read_value(cur: _Cursor, vtype: int, key: str, load_array: bool) -> Any:
             return GGUFArray("string", n)
         return [cur.string(what) for _ in range(n)]
     if etype == _ARRAY:  # nested arrays: rare, always loaded
-        return [_read_value(cur, _ARRAY, key, load_array) for _ in range(n)]
-    raise ModelLoadError(f"{cur.path}: corrupt GGUF metadata: '{key}' is an array of unknown type {etype}")
+        cur.need(n * 12, what)  # at least a type and a length per element
+        return [_read_value(cur, _ARRAY, key, load_array, depth + 1) for _ in range(n)]
+    raise ModelLoadError(f"{cur.path}: corrupt GGUF metadata: '{printable(key)}' is an array of "
+                         f"unknown type {etype}")
 
 
 def read_gguf(path: str | Path, load_arrays: bool | Iterable[str] = False) -> GGUFFile:
@@ -320,99 +331,50 @@ def _parse(buf: mmap.mmap, path: Path, size: int, wanted: bool | set[str]) -> GG
     metadata: dict[str, Any] = {}
     for _ in range(n_kv):
         key = cur.string("a metadata key")
-        vtype = cur.u32(f"the type of '{key}'")
+        vtype = cur.u32(f"the type of '{printable(key)}'")
         load = wanted if isinstance(wanted, bool) else key in wanted
         metadata[key] = _read_value(cur, vtype, key, load)
 
     infos = []
     for _ in range(n_tensors):
         name = cur.string("a tensor name")
-        n_dims = cur.u32(f"tensor '{name}'")
+        label = f"tensor '{printable(name)}'"
+        n_dims = cur.u32(label)
         if not 1 <= n_dims <= 4:
-            raise ModelLoadError(f"{path}: corrupt GGUF: tensor '{name}' has {n_dims} dimensions")
-        shape = tuple(cur.u64(f"tensor '{name}'") for _ in range(n_dims))
-        type_id = cur.u32(f"tensor '{name}'")
-        rel = cur.u64(f"tensor '{name}'")
+            raise ModelLoadError(f"{path}: corrupt GGUF: {label} has {n_dims} dimensions")
+        shape = tuple(cur.u64(label) for _ in range(n_dims))
+        type_id = cur.u32(label)
+        rel = cur.u64(label)
         infos.append((name, shape, type_id, rel))
 
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0:
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise ModelLoadError(f"{path}: corrupt GGUF: general.alignment = {alignment!r}")
     data_offset = -(-cur.pos // alignment) * alignment
 
     tensors = []
     for name, shape, type_id, rel in infos:
+        label = f"tensor '{printable(name)}'"
         if type_id not in GGML_TYPES:
-            raise ModelLoadError(f"{path}: tensor '{name}' has unknown ggml type {type_id} "
+            raise ModelLoadError(f"{path}: {label} has unknown ggml type {type_id} "
                                  "(a newer quantization than this version knows?)")
         tname, block, block_bytes = GGML_TYPES[type_id]
-        if shape[0] % block:
-            raise ModelLoadError(f"{path}: corrupt GGUF: tensor '{name}' ({tname}) has rows of "
-                                 f"{shape[0]}, not a multiple of the block size {block}")
+        if shape[0] % block or 0 in shape:
+            raise ModelLoadError(f"{path}: corrupt GGUF: {label} ({tname}) has the shape "
+                                 f"{list(shape)} (rows must be a non-zero multiple of {block})")
+        if rel % alignment:
+            raise ModelLoadError(f"{path}: corrupt GGUF: {label} starts at {rel}, not a "
+                                 f"multiple of the alignment {alignment}")
         n = 1
         for d in shape:
             n *= d
         nbytes = n // block * block_bytes
         offset = data_offset + rel
         if offset + nbytes > size:
-            raise ModelLoadError(f"{path} is truncated: tensor '{name}' data ends at byte "
+            raise ModelLoadError(f"{path} is truncated: {label} data ends at byte "
                                  f"{offset + nbytes} but the file has {size} bytes")
         tensors.append(GGUFTensor(name, tname, shape, offset, nbytes))
 
     return GGUFFile(path=path, version=version, metadata=metadata, tensors=tensors,
                     data_offset=data_offset, file_size=size, alignment=alignment,
                     byte_order="little" if endian == "<" else "big")
-
-
-# ---------------------------------------------------------------- GPU budget
-
-#: VRAM kept free for the compute buffers, CUDA context, scratch...
-DEFAULT_GPU_RESERVE = 512 * 1024 ** 2
-
-
-def fit_gpu_layers(gguf: GGUFFile, vram_bytes: int, n_ctx: int,
-                   kv_bytes_per_token_per_layer: int | None = None,
-                   reserve_bytes: int = DEFAULT_GPU_RESERVE) -> int:
-    """How many layers to offload (llama.cpp's n_gpu_layers) within `vram_bytes`.
-
-    llama.cpp offloads the *last* N blocks; each costs its weights plus its KV cache
-    (n_ctx tokens). `n_layers + 1` means every block and the output layer too (what
-    llama.cpp does for n_gpu_layers > n_layers). `reserve_bytes` is kept free for
-    compute buffers. 0 when not even one block fits."""
-    per_layer, _ = gguf.layer_bytes()
-    n_layers = gguf.n_layers
-    per_layer = (per_layer + [0] * n_layers)[:n_layers]
-    if kv_bytes_per_token_per_layer is None:
-        kv_bytes_per_token_per_layer = gguf.kv_bytes_per_token_per_layer()
-    kv_layer = int(n_ctx) * int(kv_bytes_per_token_per_layer)
-    budget = int(vram_bytes) - int(reserve_bytes)
-    used = fitted = 0
-    for weights in reversed(per_layer):
-        cost = weights + kv_layer
-        if used + cost > budget:
-            return fitted
-        used += cost
-        fitted += 1
-    if used + gguf.output_bytes() <= budget:
-        return n_layers + 1
-    return n_layers
-
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.I)
-_UNITS = {"": 1, "b": 1,
-          "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4,
-          "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4,
-          "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4}
-
-
-def parse_size(text: str | int) -> int:
-    """'4GB' -> 4*10^9, '512MiB' -> 512*2^20, '4g' -> 4*2^30, '1024' -> 1024 bytes.
-    SI suffixes (KB, MB, GB, TB) are decimal; KiB.. and bare k/m/g/t are binary."""
-    if isinstance(text, int):
-        return text
-    m = _SIZE_RE.match(str(text))
-    unit = m.group(2).lower() if m else None
-    if not m or unit not in _UNITS:
-        raise EdgeChatError(f"invalid size '{text}': use e.g. 4GB, 512MiB, 4g or a number of bytes",
-                            param="vram")
-    return int(float(m.group(1)) * _UNITS[unit])

@@ -5,6 +5,7 @@ token adds to the output."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from edge_chat.errors import ModelLoadError
@@ -16,9 +17,12 @@ EOG_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<end
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} is not a JSON object")
+    return data
 
 
 def _token_str(v) -> str:
@@ -38,6 +42,7 @@ class Vocab:
         except Exception as e:
             raise ModelLoadError(f"{folder / 'tokenizer.json'} cannot be read: "
                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        self._plain = threading.Lock()      # guards encode_special_tokens
         tcfg = read_json(folder / "tokenizer_config.json")
         gen = read_json(folder / "generation_config.json")
         self.chat_template = _chat_template(folder, tcfg)
@@ -63,11 +68,9 @@ class Vocab:
         self.eog = frozenset(eog)
 
     def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
-        """special=False: special-token text (``<|im_end|>``) is split as plain text."""
-        if special:
-            ids = self.tok.encode(text, add_special_tokens=False).ids
-        else:
-            self.tok.encode_special_tokens = True
+        """`special=False`: special-token text (``<|im_end|>``) stays text."""
+        with self._plain:
+            self.tok.encode_special_tokens = not special
             try:
                 ids = self.tok.encode(text, add_special_tokens=False).ids
             finally:

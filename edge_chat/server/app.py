@@ -20,7 +20,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge_chat import __version__
 from edge_chat.chat.completion import ChatModel, Event
+from edge_chat.chat.context import check_prompt_bytes
 from edge_chat.errors import EdgeChatError
+from edge_chat.server.guard import Guard, HostPolicy
 from edge_chat.server.pool import END, Entry, Job, ModelPool, ServerConfig
 from edge_chat.server.protocol import (
     ChatRequest,
@@ -102,6 +104,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     app = FastAPI(title="edge_chat", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.pool = pool
+    app.add_middleware(Guard, policy=HostPolicy(config.host, config.allowed_hosts),
+                       max_body=config.max_body)
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins,
@@ -155,6 +159,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         req, params = parse(ChatRequest, await request.body())
         messages, tools, prediction = req.messages, req.tools, req.prediction_text()
 
+        def check(n_ctx: int) -> None:
+            check_prompt_bytes(messages, n_ctx, "error")
+
         def run(model: ChatModel) -> Iterator[Event]:
             if model.template is None:
                 raise EdgeChatError(f"the model '{model.info.name}' has no chat template: use "
@@ -165,35 +172,41 @@ def create_app(config: ServerConfig) -> FastAPI:
             yield from model.stream(None, params, prompt=prompt, grammar=grammar,
                                     prediction=prediction)
 
-        return await respond(request, req, run, chat=True)
+        return await respond(request, req, run, check, chat=True)
 
     @v1.post("/completions")
     async def completions(request: Request):
         req, params = parse(CompletionRequest, await request.body())
         text = req.text()
 
+        def check(n_ctx: int) -> None:
+            check_prompt_bytes([{"role": "user", "content": text}], n_ctx, "error")
+
         def run(model: ChatModel) -> Iterator[Event]:
             prompt = model.prepare_text(text, params)
             yield from model.stream(None, params, prompt=prompt)
 
-        return await respond(request, req, run, chat=False, echo=text if req.echo else "")
+        return await respond(request, req, run, check, chat=False,
+                             echo=text if req.echo else "")
 
-    async def respond(request: Request, req, run: Callable[[ChatModel], Iterator[Event]], *,
-                      chat: bool, echo: str = ""):
-        name, entry, job = pool.start(req.model, run)
+    async def respond(request: Request, req, run: Callable[[ChatModel], Iterator[Event]],
+                      check: Callable[[int], None], *, chat: bool, echo: str = ""):
+        """Queue the job, then answer; every error on the way cancels the job."""
+        include_usage = req.include_usage          # validated before the job starts
+        name, entry, job = pool.start(req.model, run, check)
         reader = Reader(request, entry, job)
         try:
             first = await reader.get(watch=True)     # errors before any output → JSON error
+            shaper = Shaper(name, chat)
+            if req.stream:
+                return EventSourceResponse(stream(shaper, reader, first, include_usage, echo),
+                                           sep="\n")
         except ClientGone:
             reader.stop()
             return Response(status_code=499)
         except BaseException:
             reader.stop()
             raise
-        shaper = Shaper(name, chat)
-        if req.stream:
-            return EventSourceResponse(stream(shaper, reader, first, req.include_usage, echo),
-                                       sep="\n")
         try:
             texts: dict[int, list[str]] = {}
             finish: dict[int, str] = {}

@@ -22,8 +22,9 @@ from typing import Any
 from edge_chat.chat.completion import ChatModel, Event
 from edge_chat.engines.base import Token, default_n_ctx
 from edge_chat.engines import EngineOptions
-from edge_chat.errors import EdgeChatError, ModelNotFound
+from edge_chat.errors import EdgeChatError, ModelNotFound, printable
 from edge_chat.store import (
+    check_name,
     describe,
     find_in_store,
     list_models,
@@ -45,6 +46,9 @@ class ServerConfig:
     cors_origins: list[str] = field(default_factory=list)
     engine: EngineOptions = field(default_factory=EngineOptions)
     chat_template: str | None = None
+    allowed_hosts: list[str] = field(default_factory=list)   # beyond the local names
+    max_body: int = 4 * 1024 * 1024                           # bytes of a request body
+    allow_special: bool = False             # special-token text in contents acts as markup
 
 
 class ServerBusy(EdgeChatError):
@@ -125,6 +129,7 @@ class Entry:
         try:
             model = open_chat(str(self.path), cfg.engine, chat_template=cfg.chat_template,
                               context_policy="error", need_template=False,
+                              allow_special=cfg.allow_special,
                               warn=lambda note: log.warning("%s: %s", self.name, note))
         except EdgeChatError as e:
             self.error = e
@@ -225,15 +230,16 @@ class ModelPool:
                 return next(iter(avail.items()))
             raise EdgeChatError("'model' is required (GET /v1/models lists them)",
                                 param="model")
+        check_name(name)
         if self.fixed is not None:
             if name not in self.fixed:
-                raise ModelNotFound(f"the model '{name}' does not exist; this server serves "
-                                    f"{', '.join(self.fixed)}")
+                raise ModelNotFound(f"the model '{printable(name, 80)}' does not exist; this "
+                                    f"server serves {', '.join(self.fixed)}")
             return name, self.fixed[name]
         try:
             path = find_in_store(name)
         except ModelNotFound:
-            raise ModelNotFound(f"the model '{name}' does not exist in the store "
+            raise ModelNotFound(f"the model '{printable(name, 80)}' does not exist in the store "
                                 f"(GET /v1/models lists them)") from None
         return model_name(path), path
 
@@ -262,11 +268,13 @@ class ModelPool:
         return e is not None and e.model is not None
 
     # -- jobs ---------------------------------------------------------------
-    def start(self, name: str | None, fn: Callable[[ChatModel], Iterator[Event]]
-              ) -> tuple[str, Entry, Job]:
-        """Queue `fn(model)` (a generator of Events) on the model's worker.
-        Runs on the event loop; never blocks."""
+    def start(self, name: str | None, fn: Callable[[ChatModel], Iterator[Event]],
+              check: Callable[[int], None] | None = None) -> tuple[str, Entry, Job]:
+        """Queue `fn(model)` (a generator of Events) on the model's worker, after
+        `check(context window)`. Runs on the event loop; never blocks."""
         key, path = self.resolve(name)
+        if check is not None:
+            check(self.meta(path).get("context_length") or default_n_ctx(None))
         entry = self._entries.get(key)
         if entry is None:
             entry = self._open(key, path)

@@ -6,11 +6,12 @@ field); sampling values go through `chat_params`, messages through
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from edge_chat import __version__
 from edge_chat.chat.messages import normalize_messages
@@ -20,6 +21,15 @@ from edge_chat.errors import EdgeChatError
 FINGERPRINT = f"fp_edge_chat_{__version__}"
 
 
+def _whole(v: Any) -> Any:
+    """256.0 → 256, as OpenAI accepts it (2.5 stays a float: a 400)."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+#: an integer field that also takes a whole-number float
+Int = Annotated[int, BeforeValidator(_whole)]
+
+
 class _Request(BaseModel):
     # strict: "0.5" is not a number, true is not an integer; unknown fields are ignored
     model_config = ConfigDict(extra="ignore", strict=True)
@@ -27,18 +37,18 @@ class _Request(BaseModel):
     model: str | None = None
     temperature: float | None = None
     top_p: float | None = None
-    n: int | None = None
+    n: Int | None = None
     stop: str | list[str] | None = None
-    max_tokens: int | None = None
+    max_tokens: Int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
-    seed: int | None = None
+    seed: Int | None = None
     stream: bool | None = None
     stream_options: dict[str, Any] | None = None
     user: str | None = None
     # llama.cpp extras
-    top_k: int | None = None
+    top_k: Int | None = None
     min_p: float | None = None
     repeat_penalty: float | None = None
 
@@ -64,7 +74,7 @@ class _Request(BaseModel):
 
 class ChatRequest(_Request):
     messages: Any = None
-    max_completion_tokens: int | None = None
+    max_completion_tokens: Int | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
@@ -137,9 +147,25 @@ def parse(cls: type[_Request], body: bytes) -> tuple[_Request, SamplingParams]:
         if req.messages is None:
             raise EdgeChatError("'messages' is required", param="messages")
         req.messages = normalize_messages(req.messages)
+        _check_response_format(req.response_format)
     elif isinstance(req, CompletionRequest):
         req.text()
+    req.include_usage               # noqa: B018  validated here, before any job starts
     return req, req.params()
+
+
+def _check_response_format(rf: dict | None) -> None:
+    """Its shape, before any job (the engine turns it into a grammar later)."""
+    if rf is None:
+        return
+    kind = rf.get("type")
+    if kind not in ("text", "json_object", "json_schema"):
+        raise EdgeChatError("response_format.type must be 'text', 'json_object' or "
+                            "'json_schema'", param="response_format")
+    spec = rf.get("json_schema")
+    if kind == "json_schema" and not (isinstance(spec, dict) and isinstance(spec.get("schema"), dict)):
+        raise EdgeChatError("response_format.json_schema.schema must be a JSON schema object",
+                            param="response_format")
 
 
 # -- responses ----------------------------------------------------------------
@@ -151,9 +177,15 @@ def now() -> int:
     return int(time.time())
 
 
+#: an absolute path in a message (not an API route): a client learns the last part only
+_ABS_PATH = re.compile(r"(?<![\w.:/~])/(?!v1\b)(?:[^\s/'\",;()\[\]]+/)*([^\s/'\",;()\[\]]*)")
+
+
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    """OpenAI's error shape. No absolute path of the server's disk reaches a client."""
+    return {"error": {"message": _ABS_PATH.sub(r"\1", message), "type": type_, "param": param,
+                      "code": code}}
 
 
 class Shaper:

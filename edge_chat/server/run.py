@@ -20,6 +20,8 @@ def check(config: ServerConfig) -> None:
         raise EdgeChatError("--max-loaded must be >= 1", param="max_loaded")
     if config.max_queue < 0:
         raise EdgeChatError("--max-queue must be >= 0", param="max_queue")
+    if config.max_body < 1024:
+        raise EdgeChatError("--max-body must be at least 1KiB", param="max_body")
     if not 0 <= config.port <= 65535:
         raise EdgeChatError("--port must be in 0..65535", param="port")
 

@@ -125,10 +125,12 @@ def build_page(ui: ChatUI):
 def run_ui(model: str | None = None, *, host: str = "127.0.0.1", port: int = 7860,
            auth: tuple[str, str] | None = None, options: EngineOptions | None = None,
            chat_template: str | None = None, context_policy: str = "truncate",
-           export_dir: Path | None = None, warn: Callable[[str], None] | None = None) -> None:
+           export_dir: Path | None = None, warn: Callable[[str], None] | None = None,
+           allow_special: bool = False) -> None:
     """Load `model` (default: the store's first), serve the page until Ctrl-C."""
     _gradio()                       # a clear error before loading anything
-    holder = ModelHolder(options, chat_template=chat_template, context_policy=context_policy)
+    holder = ModelHolder(options, chat_template=chat_template, context_policy=context_policy,
+                         allow_special=allow_special)
     name = holder.add(model) if model is not None else holder.first()
     status = holder.load(name)
     if warn and (status.startswith("error") or name is None):

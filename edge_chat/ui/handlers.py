@@ -76,12 +76,15 @@ class ModelHolder:
     the new one, so at most one is in memory; a generation holds `_busy`."""
 
     def __init__(self, options: EngineOptions | None = None, *, chat_template: str | None = None,
-                 context_policy: str = "truncate", opener: Callable[..., ChatModel] | None = None):
+                 context_policy: str = "truncate", opener: Callable[..., ChatModel] | None = None,
+                 allow_special: bool = False):
+        from functools import partial
+
         from edge_chat.runtime import open_chat
         self.options = options
         self.chat_template = chat_template
         self.context_policy = context_policy
-        self._open = opener or open_chat
+        self._open = opener or partial(open_chat, allow_special=allow_special)
         self._paths: dict[str, Path] = {}      # models given by path, outside the store
         self.model: ChatModel | None = None
         self.name: str | None = None
