@@ -21,15 +21,19 @@ from rich.table import Table
 from edge_chat.atomic import atomic_path, write_json_atomic
 from edge_chat.errors import ModelNotFound, PullError
 from edge_chat.hub.repo import Choice, Repo, list_repo, norm_quant, offers, parse_spec, pick
-from edge_chat.store import find_in_store, fmt_size, models_dir, slug
+from edge_chat.store import check_path, find_in_store, fmt_size, models_dir, slug
 from edge_chat.tables import stderr_console
 
 INDEX = ".pulled.json"          # hub id (and id:tag) -> store name
 
 
 def is_hub_id(spec: str | None) -> bool:
-    """A hub id (`org/name[:tag]`) that is not an existing path."""
-    return bool(spec) and not Path(spec).expanduser().exists() and parse_spec(spec) is not None
+    """A hub id (`org/name[:tag]`) that is not an existing path. A spec that is no
+    valid path at all (too long, NUL) raises the store's one-line error."""
+    if not spec:
+        return False
+    check_path(spec)
+    return not Path(spec).expanduser().exists() and parse_spec(spec) is not None
 
 
 def _keys(spec: str) -> list[str]:
