@@ -30,4 +30,10 @@ def open_chat(spec: str | None, options: EngineOptions | None = None, *,
         template, note = None, None
     if note and warn:
         warn(note)
-    return ChatModel(engine, template, context_policy=context_policy)
+    constrain = None
+    if engine.capabilities.logits_processors:
+        from edge_chat.engines.grammar import GrammarProcessor
+
+        def constrain(grammar):
+            return GrammarProcessor(engine, grammar.lark, grammar.param)
+    return ChatModel(engine, template, context_policy=context_policy, constrain=constrain)

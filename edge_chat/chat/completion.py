@@ -8,17 +8,20 @@ from __future__ import annotations
 import codecs
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from edge_chat.chat.context import fit_messages
+from edge_chat.chat.grammar import Grammar, response_format_grammar, tools_grammar
 from edge_chat.chat.messages import normalize_messages
 from edge_chat.chat.params import SamplingParams
 from edge_chat.chat.stops import StopMatcher
 from edge_chat.chat.template import ChatTemplate
+from edge_chat.chat.tool_parse import ToolParser
+from edge_chat.chat.tools import ToolCall, ToolSpec, parse_tools, require_family
 from edge_chat.errors import ContextLengthExceeded, EdgeChatError
 
 if TYPE_CHECKING:
-    from edge_chat.engines.base import Engine
+    from edge_chat.engines.base import Engine, LogitsProcessor, Token
 
 
 @dataclass
@@ -44,6 +47,15 @@ class Stats:
 
 
 @dataclass
+class TokenLogprob:
+    """One generated token's log probability, and its best alternatives."""
+    token: str                 # its text (bytes decoded, a partial UTF-8 character replaced)
+    bytes: bytes
+    logprob: float
+    top: list["TokenLogprob"] = field(default_factory=list)
+
+
+@dataclass
 class Event:
     """A piece of a streamed answer. The last event of each choice has a
     finish_reason; the very last of the call also carries `usage`."""
@@ -52,6 +64,8 @@ class Event:
     finish_reason: str | None = None
     usage: "Usage | None" = None
     stats: Stats | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)   # whole calls, in order
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # the tokens behind this event
 
 
 @dataclass
@@ -72,6 +86,8 @@ class Choice:
     index: int
     text: str
     finish_reason: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None      # when asked for
 
 
 @dataclass
@@ -86,8 +102,11 @@ class ChatModel:
     """One engine plus its chat template and context policy."""
 
     def __init__(self, engine: "Engine", template: ChatTemplate | None = None, *,
-                 context_policy: str = "truncate"):
+                 context_policy: str = "truncate",
+                 constrain: "Callable[[Grammar], LogitsProcessor] | None" = None):
         self.engine = engine
+        #: a fresh LogitsProcessor that enforces a grammar (one per generation)
+        self.constrain = constrain
         self.info = engine.info
         self.template = template
         self.context_policy = context_policy
@@ -97,10 +116,24 @@ class ChatModel:
         return self.info.n_ctx
 
     # -- prompt -------------------------------------------------------------
-    def render(self, messages: list[dict], tools: list | None = None) -> str:
+    def render(self, messages: list[dict], tools: "list | ToolSpec | None" = None) -> str:
         if self.template is None:
             raise ValueError("this model was opened without a chat template")
-        return self.template.render(messages, add_generation_prompt=True, tools=tools)
+        spec = self.tool_spec(tools)
+        listed = spec.tools if spec is not None and spec.active else None
+        return self.template.render(messages, add_generation_prompt=True, tools=listed)
+
+    def tool_spec(self, tools: "list | ToolSpec | None") -> ToolSpec | None:
+        """`tools` validated (a list of OpenAI tools means tool_choice "auto")."""
+        spec = tools if isinstance(tools, ToolSpec) or tools is None else parse_tools(tools)
+        if spec is not None and spec.active:
+            self.tool_family()
+        return spec
+
+    def tool_family(self) -> str:
+        """The call format this model writes (400 when its template takes no tools)."""
+        return require_family(self.template.source if self.template else None,
+                              self.info.arch, self.info.name)
 
     def tokenize_prompt(self, text: str) -> list[int]:
         add_bos = self.info.add_bos
@@ -130,20 +163,34 @@ class ChatModel:
         return Prompt([], text, tokens)
 
     # -- generation ---------------------------------------------------------
-    def stream(self, messages: list, params: SamplingParams, tools: list | None = None,
+    def stream(self, messages: list, params: SamplingParams, tools: "list | ToolSpec | None" = None,
                policy: str | None = None, prompt: Prompt | None = None,
-               grammar: str | None = None) -> Iterator[Event]:
+               response_format: dict | None = None, logprobs: int | None = None
+               ) -> Iterator[Event]:
         """Events for choice 0, then choice 1, ... (n choices in turn).
-        `grammar`: a GBNF grammar the answer must follow (engines that
-        support it: GGUF)."""
+
+        With `tools` (not tool_choice "none") the text is parsed for the model's
+        tool calls: they come as Event.tool_calls, never as text, and the choice
+        finishes with "tool_calls"; tool_choice "required" or a named function,
+        and `response_format` json_object / json_schema, constrain the sampling
+        to a grammar. `logprobs` k: each Event carries its tokens' log
+        probabilities with k alternatives."""
         prompt = prompt or self.prepare(messages, params, tools, policy)
+        spec = self.tool_spec(tools)
+        grammar = self.grammar(spec, response_format)
+        if logprobs is not None and not self.engine.capabilities.logprobs:
+            raise EdgeChatError(f"the {self.info.format} engine gives no logprobs",
+                                param="logprobs")
         total = Usage(len(prompt.tokens), 0)
         for i in range(params.n):
             p = params
             if params.n > 1 and params.seed is not None:
                 p = params.model_copy(update={"seed": (params.seed + i) % 2**32})
             stats = Stats(prompt_tokens=len(prompt.tokens))
-            for ev in self._one(prompt.tokens, p, i, stats, grammar):
+            events = self._one(prompt.tokens, p, i, stats, grammar, logprobs)
+            if spec is not None and spec.active:
+                events = self._tool_events(events, spec)
+            for ev in events:
                 if ev.finish_reason is not None:
                     total.completion_tokens += stats.completion_tokens
                     if i == 0:
@@ -152,39 +199,74 @@ class ChatModel:
                         ev.usage = total
                 yield ev
 
-    def complete(self, messages: list, params: SamplingParams, tools: list | None = None,
+    def complete(self, messages: list, params: SamplingParams, tools: "list | ToolSpec | None" = None,
                  policy: str | None = None, prompt: Prompt | None = None,
-                 grammar: str | None = None) -> Completion:
+                 response_format: dict | None = None, logprobs: int | None = None) -> Completion:
         prompt = prompt or self.prepare(messages, params, tools, policy)
         texts: dict[int, list[str]] = {}
+        calls: dict[int, list[ToolCall]] = {}
+        lps: dict[int, list[TokenLogprob]] = {}
         choices, stats, usage = [], [], None
-        for ev in self.stream(messages, params, tools, policy, prompt=prompt, grammar=grammar):
+        for ev in self.stream(messages, params, tools, policy, prompt=prompt,
+                              response_format=response_format, logprobs=logprobs):
             texts.setdefault(ev.index, []).append(ev.delta)
+            calls.setdefault(ev.index, []).extend(ev.tool_calls)
+            lps.setdefault(ev.index, []).extend(ev.logprobs)
             if ev.finish_reason is not None:
-                choices.append(Choice(ev.index, "".join(texts[ev.index]), ev.finish_reason))
+                choices.append(Choice(ev.index, "".join(texts[ev.index]), ev.finish_reason,
+                                      calls[ev.index],
+                                      lps[ev.index] if logprobs is not None else None))
                 stats.append(ev.stats)
                 usage = ev.usage or usage
         return Completion(choices, usage, prompt, stats)
 
-    def grammar_for(self, response_format: dict | None) -> str | None:
-        """The engine's grammar for an OpenAI `response_format` (None: plain text)."""
-        if response_format is None or (isinstance(response_format, dict)
-                                       and response_format.get("type") == "text"):
-            return None
-        self._require_grammar()
-        return self.engine.grammar_for(response_format)
-
-    def _require_grammar(self) -> None:
-        if not hasattr(self.engine, "grammar_for"):
-            raise EdgeChatError(f"constrained output (response_format) is not supported by "
-                                f"the {self.info.format} engine; use a GGUF model",
-                                param="response_format")
+    def grammar(self, tools: "list | ToolSpec | None", response_format: dict | None
+                ) -> Grammar | None:
+        """The grammar the answer must follow (None: free text); checks that the
+        engine can apply one."""
+        spec = self.tool_spec(tools)
+        g = tools_grammar(spec, self.tool_family()) if spec is not None and spec.forced else None
+        g = g or response_format_grammar(response_format)
+        if g is not None and self.constrain is None:
+            raise EdgeChatError(f"constrained output ({g.param}) is not available for "
+                                f"this {self.info.format} model", param=g.param)
+        return g
 
     def cancel(self) -> None:
         self.engine.cancel()
 
-    def _one(self, tokens: list[int], params: SamplingParams, index: int,
-             stats: Stats, grammar: str | None = None) -> Iterator[Event]:
+    def _tool_events(self, events: Iterator[Event], spec: ToolSpec) -> Iterator[Event]:
+        """One choice's events with the tool calls parsed out of the text."""
+        parser = ToolParser(self.tool_family(), spec.allowed(), spec.parallel)
+        for ev in events:
+            pieces = parser.feed(ev.delta)
+            if ev.finish_reason is not None:
+                pieces += parser.finish()
+            lps = ev.logprobs
+            for piece in pieces:
+                if isinstance(piece, ToolCall):
+                    yield Event(ev.index, tool_calls=[piece], logprobs=lps)
+                else:
+                    yield Event(ev.index, piece, logprobs=lps)
+                lps = []
+            if ev.finish_reason is not None:
+                if ev.finish_reason == "stop" and parser.calls:
+                    ev.finish_reason = "tool_calls"
+                ev.delta, ev.logprobs = "", lps
+                yield ev
+            elif lps:
+                yield Event(ev.index, logprobs=lps)
+
+    def _logprob(self, tok: "Token") -> TokenLogprob:
+        def entry(t: int, lp: float) -> TokenLogprob:
+            b = self.engine.token_bytes(t)
+            return TokenLogprob(b.decode("utf-8", "replace"), b, lp)
+        out = entry(tok.id, tok.logprob)
+        out.top = [entry(t, lp) for t, lp in tok.top_logprobs]
+        return out
+
+    def _one(self, tokens: list[int], params: SamplingParams, index: int, stats: Stats,
+             grammar: Grammar | None = None, logprobs: int | None = None) -> Iterator[Event]:
         engine = self.engine
         room = self.n_ctx - len(tokens)
         limit = min(params.max_tokens or room, room)
@@ -192,10 +274,8 @@ class ChatModel:
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         finish = "stop"
         t0 = time.perf_counter()
-        if grammar is not None:
-            self._require_grammar()
-        gen = engine.generate(tokens, params, grammar=grammar) if grammar is not None \
-            else engine.generate(tokens, params)
+        processors = (self.constrain(grammar),) if grammar is not None else ()
+        gen = engine.generate(tokens, params, processors=processors, logprobs=logprobs)
         try:
             if limit <= 0:
                 finish = "length"
@@ -204,12 +284,13 @@ class ChatModel:
                     if stats.completion_tokens == 0:
                         stats.ttft = time.perf_counter() - t0
                         stats.cached_tokens = len(tokens) - engine.n_prompt_evaluated
-                    if engine.is_eog(tok):
+                    if engine.is_eog(tok.id):
                         break
                     stats.completion_tokens += 1
-                    text = stops.feed(utf8.decode(engine.token_bytes(tok)))
-                    if text:
-                        yield Event(index, text)
+                    text = stops.feed(utf8.decode(engine.token_bytes(tok.id)))
+                    lps = [self._logprob(tok)] if logprobs is not None else []
+                    if text or lps:
+                        yield Event(index, text, logprobs=lps)
                     if stops.hit is not None:
                         break
                     if stats.completion_tokens >= limit:
