@@ -100,10 +100,7 @@ def eog_ids(engine) -> list[int]:
     ids = engine.info.extra.get("eog_ids")
     if ids is not None:
         return [int(i) for i in ids]
-    n_vocab = getattr(engine, "n_vocab", None)
-    if n_vocab is None and hasattr(engine, "_llm"):      # GGUF
-        n_vocab = engine._llm.n_vocab()
-    return [t for t in range(int(n_vocab or 0)) if engine.is_eog(t)]
+    return [t for t in range(engine.n_vocab) if engine.is_eog(t)]
 
 
 def filler_tokens(engine, n: int) -> list[int]:

@@ -46,14 +46,23 @@ VramOpt = typer.Option(None, "--vram", help="GGUF: GPU memory budget for --gpu-l
 KvOpt = typer.Option("f16", "--kv-type", help="GGUF: KV cache type: f16 or q8_0.")
 MmapOpt = typer.Option(True, "--mmap/--no-mmap", help="GGUF: memory-map the weights.")
 ProviderOpt = typer.Option("cpu", "--provider", help="ONNX: execution provider (cpu, cuda, ...).")
+SpecOpt = typer.Option("auto", "--speculative", help="Speculative decoding: auto, lookup "
+                       "(prompt lookup), draft (--draft model) or off.")
+DraftOpt = typer.Option(None, "--draft", help="A small draft model with the same vocabulary "
+                        "(GGUF file, ONNX folder or store name) for speculative decoding.")
 TemplateOpt = typer.Option(None, "--chat-template",
                            help="A Jinja file or a built-in name (chatml, gemma, llama3, phi3, mistral).")
 
 
-def _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider):
+def _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
+                    speculative="auto", draft=None):
     from edge_chat.engines import EngineOptions
+    if draft is not None:
+        from edge_chat.store import resolve_model
+        draft = str(resolve_model(draft))
     return EngineOptions(n_ctx=ctx_size, threads=threads, gpu_layers=gpu_layers, vram=vram,
-                         kv_type=kv_type, mmap=mmap, provider=provider)
+                         kv_type=kv_type, mmap=mmap, provider=provider,
+                         speculative=speculative, draft=draft)
 
 
 def _sampling(temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty,
@@ -122,6 +131,7 @@ def chat(
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
     mmap: bool = MmapOpt, provider: str = ProviderOpt,
+    speculative: str = SpecOpt, draft: Optional[str] = DraftOpt,
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Chat with a model on an "
                                            "OpenAI-compatible server, e.g. http://host:8000/v1."),
     model_name: Optional[str] = typer.Option(None, "--model", "-m",
@@ -148,7 +158,7 @@ def chat(
         model_ = open_remote(base_url, model_name or model, api_key=api_key)
     else:
         model_ = open_chat(model, _engine_options(ctx_size, threads, gpu_layers, vram, kv_type,
-                                                  mmap, provider),
+                                                  mmap, provider, speculative, draft),
                            chat_template=chat_template, context_policy=context_policy, warn=_err)
     try:
         session = ChatSession(model_, params, system=system, show_stats=stats, tools=tool_list,
@@ -174,6 +184,7 @@ def complete(
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
     mmap: bool = MmapOpt, provider: str = ProviderOpt,
+    speculative: str = SpecOpt, draft: Optional[str] = DraftOpt,
 ):
     """Continue a text with no chat template (for base models)."""
     from edge_chat.runtime import open_chat
@@ -182,7 +193,7 @@ def complete(
     params = _sampling(temperature, top_p, top_k, None, None, None, None, seed, stop,
                        max_tokens, None)
     m = open_chat(model, _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap,
-                                         provider), need_template=False)
+                                         provider, speculative, draft), need_template=False)
     try:
         prompt = m.prepare_text(text, params)
         for ev in m.stream(None, params, prompt=prompt):
@@ -212,6 +223,7 @@ def ui(
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
     mmap: bool = MmapOpt, provider: str = ProviderOpt,
+    speculative: str = SpecOpt, draft: Optional[str] = DraftOpt,
 ):
     """A local chat page (Gradio) at http://HOST:PORT, fully offline: streaming, Stop, model picker, export."""
     from edge_chat.chat.context import POLICIES
@@ -219,7 +231,8 @@ def ui(
     if context_policy not in POLICIES:
         raise EdgeChatError(f"--context-policy must be one of {', '.join(POLICIES)}")
     run_ui(model, host=host, port=port, auth=parse_auth(auth),
-           options=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider),
+           options=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
+                                   speculative, draft),
            chat_template=chat_template, context_policy=context_policy, export_dir=export_dir,
            warn=_err, tools=_structure_options(None, tools)[1])
 
@@ -242,6 +255,7 @@ def serve(
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
     mmap: bool = MmapOpt, provider: str = ProviderOpt,
+    speculative: str = SpecOpt, draft: Optional[str] = DraftOpt,
 ):
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)."""
     from edge_chat.server import ServerConfig
@@ -250,7 +264,8 @@ def serve(
         models=models or None, host=host, port=port, api_key=api_key or None,
         max_loaded=max_loaded, max_queue=max_queue, cors_origins=cors_origin or [],
         chat_template=chat_template,
-        engine=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider)),
+        engine=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
+                               speculative, draft)),
         log_level=log_level)
 
 
@@ -388,6 +403,7 @@ def bench(
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
     mmap: bool = MmapOpt, provider: str = ProviderOpt,
+    speculative: str = SpecOpt, draft: Optional[str] = DraftOpt,
 ):
     """Measure load time, peak memory, time to first token, prefill/decode tok/s and second-turn TTFT."""
     import json
@@ -399,7 +415,8 @@ def bench(
     paths = [str(resolve_model(m)) for m in models]
     if plot is not None:
         require_matplotlib()
-    opts = asdict(_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider))
+    opts = asdict(_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
+                                  speculative, draft))
     cfg = BenchConfig(prompt_lengths=parse_lengths(prompt_lengths), gen=gen, reps=reps,
                       history=history, chat_template=chat_template, options=opts)
     results = bench_models(paths, cfg, quiet=json_out)

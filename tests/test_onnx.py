@@ -35,7 +35,7 @@ def chatml(messages: list[dict]) -> str:
 def run(engine, prompt, limit=64, **params) -> list[int]:
     out = []
     for tok in engine.generate(prompt, make_params(**params)):
-        out.append(tok)
+        out.append(tok.id)
         if len(out) >= limit:
             break
     return out
@@ -256,7 +256,7 @@ def test_engine_imports_neither_torch_nor_transformers(tiny_onnx):
         "from edge_chat.chat.params import make_params\n"
         f"e = OnnxEngine(Path({str(tiny_onnx['int4'])!r}))\n"
         "ids = e.tokenize('<|im_start|>user\\nSay hello.<|im_end|>\\n<|im_start|>assistant\\n')\n"
-        "print(e.detokenize(list(e.generate(ids, make_params(temperature=0)))))\n"
+        "print(e.detokenize([t.id for t in e.generate(ids, make_params(temperature=0))]))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'transformers', 'optimum')))\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))

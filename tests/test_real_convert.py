@@ -36,8 +36,8 @@ def greedy_tokens(model, prompt, n):
     toks = []
     gen = model.engine.generate(prompt, make_params(temperature=0))
     for t in gen:
-        toks.append(t)
-        if model.engine.is_eog(t) or len(toks) >= n:
+        toks.append(t.id)
+        if model.engine.is_eog(t.id) or len(toks) >= n:
             break
     gen.close()
     return toks

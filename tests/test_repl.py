@@ -75,7 +75,7 @@ def eog_ids(tiny_gguf):
     from edge_chat.engines.gguf import GGUFEngine
     e = GGUFEngine(tiny_gguf["f16"], n_ctx=64)
     try:
-        return [t for t in range(e._llm.n_vocab()) if e.is_eog(t)]
+        return [t for t in range(e.n_vocab) if e.is_eog(t)]
     finally:
         e.close()
 

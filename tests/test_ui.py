@@ -147,7 +147,7 @@ def test_bad_model_shows_an_error_and_another_model_works(store, tmp_path):
 def test_switching_keeps_one_model_loaded(ui):
     first = ui.holder.model
     assert ui.switch("tiny-q8_0").startswith("model **tiny-q8_0**")
-    assert first.engine._llm is None                 # the old model was closed
+    assert first.engine.closed                       # the old model was closed
     assert ui.holder.model.info.quant == "q8_0"
     conv, _, _ = ask(ui, Conversation(), "What color is grass?")
     assert conv.messages[-1]["content"] == "Grass is green."

@@ -8,7 +8,8 @@ from __future__ import annotations
 import codecs
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from edge_chat.chat.context import fit_messages
 from edge_chat.chat.grammar import Grammar, response_format_grammar, tools_grammar
@@ -39,6 +40,14 @@ class Stats:
     completion_tokens: int = 0
     ttft: float = 0.0               # seconds to the first token
     seconds: float = 0.0
+    draft_tokens: int = 0           # speculative decoding: tokens drafted and verified
+    accepted_tokens: int = 0        # ... of which the answer kept
+    prediction_accepted: int = 0    # Predicted Outputs: prediction tokens kept / rejected
+    prediction_rejected: int = 0
+
+    @property
+    def acceptance(self) -> float | None:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else None
 
     @property
     def decode_tps(self) -> float:
@@ -73,12 +82,20 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    #: Predicted Outputs (None: no prediction was given)
+    accepted_prediction_tokens: int | None = None
+    rejected_prediction_tokens: int | None = None
 
     def as_dict(self) -> dict:
-        return {"prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens,
-                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+        d = {"prompt_tokens": self.prompt_tokens,
+             "completion_tokens": self.completion_tokens,
+             "total_tokens": self.prompt_tokens + self.completion_tokens,
+             "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+        if self.accepted_prediction_tokens is not None:
+            d["completion_tokens_details"] = {
+                "accepted_prediction_tokens": self.accepted_prediction_tokens,
+                "rejected_prediction_tokens": self.rejected_prediction_tokens}
+        return d
 
 
 @dataclass
@@ -165,8 +182,9 @@ class ChatModel:
     # -- generation ---------------------------------------------------------
     def stream(self, messages: list, params: SamplingParams, tools: "list | ToolSpec | None" = None,
                policy: str | None = None, prompt: Prompt | None = None,
-               response_format: dict | None = None, logprobs: int | None = None
-               ) -> Iterator[Event]:
+               response_format: dict | None = None, logprobs: int | None = None,
+               processors: "Sequence[LogitsProcessor]" = (),
+               prediction: str | None = None) -> Iterator[Event]:
         """Events for choice 0, then choice 1, ... (n choices in turn).
 
         With `tools` (not tool_choice "none") the text is parsed for the model's
@@ -174,7 +192,9 @@ class ChatModel:
         finishes with "tool_calls"; tool_choice "required" or a named function,
         and `response_format` json_object / json_schema, constrain the sampling
         to a grammar. `logprobs` k: each Event carries its tokens' log
-        probabilities with k alternatives."""
+        probabilities with k alternatives. `processors` constrain each logits row
+        too; `prediction` is the text the answer is expected to repeat (OpenAI's
+        Predicted Outputs: drafts for speculative decoding)."""
         prompt = prompt or self.prepare(messages, params, tools, policy)
         spec = self.tool_spec(tools)
         grammar = self.grammar(spec, response_format)
@@ -182,17 +202,25 @@ class ChatModel:
             raise EdgeChatError(f"the {self.info.format} engine gives no logprobs",
                                 param="logprobs")
         total = Usage(len(prompt.tokens), 0)
+        predicted = None
+        if prediction:
+            predicted = self.engine.tokenize(prediction, special=False)
+            total.accepted_prediction_tokens = total.rejected_prediction_tokens = 0
         for i in range(params.n):
             p = params
             if params.n > 1 and params.seed is not None:
                 p = params.model_copy(update={"seed": (params.seed + i) % 2**32})
             stats = Stats(prompt_tokens=len(prompt.tokens))
-            events = self._one(prompt.tokens, p, i, stats, grammar, logprobs)
+            events = self._one(prompt.tokens, p, i, stats, grammar, logprobs, processors,
+                               predicted)
             if spec is not None and spec.active:
                 events = self._tool_events(events, spec)
             for ev in events:
                 if ev.finish_reason is not None:
                     total.completion_tokens += stats.completion_tokens
+                    if predicted is not None:
+                        total.accepted_prediction_tokens += stats.prediction_accepted
+                        total.rejected_prediction_tokens += stats.prediction_rejected
                     if i == 0:
                         total.cached_tokens = stats.cached_tokens
                     if i == params.n - 1:
@@ -201,14 +229,17 @@ class ChatModel:
 
     def complete(self, messages: list, params: SamplingParams, tools: "list | ToolSpec | None" = None,
                  policy: str | None = None, prompt: Prompt | None = None,
-                 response_format: dict | None = None, logprobs: int | None = None) -> Completion:
+                 response_format: dict | None = None, logprobs: int | None = None,
+                 processors: "Sequence[LogitsProcessor]" = (),
+                 prediction: str | None = None) -> Completion:
         prompt = prompt or self.prepare(messages, params, tools, policy)
         texts: dict[int, list[str]] = {}
         calls: dict[int, list[ToolCall]] = {}
         lps: dict[int, list[TokenLogprob]] = {}
         choices, stats, usage = [], [], None
         for ev in self.stream(messages, params, tools, policy, prompt=prompt,
-                              response_format=response_format, logprobs=logprobs):
+                              response_format=response_format, logprobs=logprobs,
+                              processors=processors, prediction=prediction):
             texts.setdefault(ev.index, []).append(ev.delta)
             calls.setdefault(ev.index, []).extend(ev.tool_calls)
             lps.setdefault(ev.index, []).extend(ev.logprobs)
@@ -231,6 +262,11 @@ class ChatModel:
             raise EdgeChatError(f"constrained output ({g.param}) is not available for "
                                 f"this {self.info.format} model", param=g.param)
         return g
+
+    def grammar_for(self, response_format: dict | None) -> "LogitsProcessor | None":
+        """A fresh processor enforcing an OpenAI `response_format` (None: plain text)."""
+        g = self.grammar(None, response_format)
+        return self.constrain(g) if g is not None else None
 
     def cancel(self) -> None:
         self.engine.cancel()
@@ -266,7 +302,9 @@ class ChatModel:
         return out
 
     def _one(self, tokens: list[int], params: SamplingParams, index: int, stats: Stats,
-             grammar: Grammar | None = None, logprobs: int | None = None) -> Iterator[Event]:
+             grammar: Grammar | None = None, logprobs: int | None = None,
+             processors: "Sequence[LogitsProcessor]" = (),
+             prediction: list[int] | None = None) -> Iterator[Event]:
         engine = self.engine
         room = self.n_ctx - len(tokens)
         limit = min(params.max_tokens or room, room)
@@ -274,8 +312,10 @@ class ChatModel:
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         finish = "stop"
         t0 = time.perf_counter()
-        processors = (self.constrain(grammar),) if grammar is not None else ()
-        gen = engine.generate(tokens, params, processors=processors, logprobs=logprobs)
+        if grammar is not None:
+            processors = (*processors, self.constrain(grammar))
+        gen = engine.generate(tokens, params, processors=tuple(processors), logprobs=logprobs,
+                              prediction=prediction)
         try:
             if limit <= 0:
                 finish = "length"
@@ -299,5 +339,9 @@ class ChatModel:
         finally:
             gen.close()
         stats.seconds = time.perf_counter() - t0
+        spec = engine.speculation
+        stats.draft_tokens, stats.accepted_tokens = spec.drafted, spec.accepted
+        stats.prediction_accepted = spec.prediction_accepted
+        stats.prediction_rejected = spec.prediction_rejected
         tail = stops.feed(utf8.decode(b"", final=True)) + stops.flush()
         yield Event(index, tail, finish_reason=finish, stats=stats)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_chat.errors import ModelLoadError, ModelNotFound
+from edge_chat.errors import EdgeChatError, ModelLoadError, ModelNotFound
 from edge_chat.store import model_kind
 
 
@@ -19,6 +19,8 @@ class EngineOptions:
     kv_type: str = "f16"                  # GGUF: f16 | q8_0
     mmap: bool = True                     # GGUF
     provider: str = "cpu"                 # ONNX: execution provider
+    speculative: str = "auto"             # auto | lookup | draft | off
+    draft: str | None = None              # a draft model (same vocabulary) path
 
 
 def _is_gguf_file(path: Path) -> bool:
@@ -30,9 +32,50 @@ def _is_gguf_file(path: Path) -> bool:
 
 
 def load_engine(path: Path, options: EngineOptions | None = None):
-    """The engine for a model path: a GGUF file or an ONNX model folder."""
+    """The engine for a model path (a GGUF file or an ONNX model folder), with
+    speculative decoding set up as the options ask (a draft model loaded)."""
+    from edge_chat.engines.speculative import MODES
     o = options or EngineOptions()
-    path = Path(path)
+    if o.speculative not in MODES:
+        raise EdgeChatError(f"--speculative must be one of {', '.join(MODES)}, "
+                            f"not '{o.speculative}'", param="speculative")
+    if o.speculative == "draft" and not o.draft:
+        raise EdgeChatError("--speculative draft needs --draft MODEL", param="draft")
+    engine = _load(Path(path), o)
+    engine.speculative = o.speculative
+    if o.draft and o.speculative in ("auto", "draft"):
+        try:
+            draft = _load(Path(o.draft).expanduser(), o)
+        except EdgeChatError as e:
+            engine.close()
+            raise EdgeChatError(f"draft model: {e}", param="draft") from None
+        try:
+            check_same_vocab(engine, draft)
+        except EdgeChatError:
+            draft.close()
+            engine.close()
+            raise
+        draft.speculative = "off"
+        engine.draft_engine = draft
+    return engine
+
+
+def check_same_vocab(engine, draft) -> None:
+    """A draft model must spell every token as the model does."""
+    n, m = engine.n_vocab, draft.n_vocab
+    probe = range(0, min(n, m), max(1, min(n, m) // 2000))
+    if any(engine.token_bytes(t) != draft.token_bytes(t) for t in probe) or \
+            engine.tokenize(_PROBE) != draft.tokenize(_PROBE):
+        raise EdgeChatError(f"draft model {draft.info.name} has a different vocabulary from "
+                            f"{engine.info.name} ({m} vs {n} tokens): it cannot draft for it",
+                            param="draft")
+
+
+_PROBE = "def speculate(x):\n    return x * 2  # the same tokens? <|im_end|>"
+
+
+def _load(path: Path, o: EngineOptions):
+    """The engine for a model path: a GGUF file or an ONNX model folder."""
     if not path.exists():
         raise ModelNotFound(f"model not found: {path}")
     kind = model_kind(path) or ("gguf" if path.is_file() and _is_gguf_file(path) else None)

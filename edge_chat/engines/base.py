@@ -5,12 +5,42 @@ stop strings or max_tokens (the chat core does that)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
 
 if TYPE_CHECKING:
     from edge_chat.chat.params import SamplingParams
+
+#: (the tokens generated so far in this answer, the float32 logits row of the next
+#: position) -> modifies the row in place (e.g. -inf on tokens a grammar forbids).
+#: Called before sampling for every position the engine samples (with speculative
+#: decoding also for each verified draft position: a stateful processor such as a
+#: grammar matcher must follow `tokens`, rolling back when it gets shorter).
+LogitsProcessor = Callable[[Sequence[int], np.ndarray], None]
+
+
+class Token(NamedTuple):
+    """One generated token."""
+    id: int
+    #: log-softmax of the RAW logits (before processors, bias, penalties,
+    #: temperature) at `id`; None unless generate() was asked for logprobs
+    logprob: float | None = None
+    #: the k best (id, logprob), best first
+    top_logprobs: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do, declared by each engine (callers never hasattr())."""
+    logits_processors: bool = False     # generate() applies `processors`
+    logprobs: bool = False              # generate() fills Token.logprob/top_logprobs
+    eval_many: bool = False             # evaluates k tokens with logits for each and
+                                        # trims the KV cache (speculative decoding)
+    gbnf: bool = False                  # grammar_for(response_format) gives a processor
 
 
 DEFAULT_MAX_CTX = 4096
@@ -42,16 +72,38 @@ class ModelInfo:
     extra: dict = field(default_factory=dict)
 
 
+def log_softmax(row: np.ndarray) -> np.ndarray:
+    """float64 log-probabilities of a logits row."""
+    x = np.asarray(row, dtype=np.float64)
+    mx = np.max(x, axis=-1, keepdims=True)
+    return x - (mx + np.log(np.exp(x - mx).sum(axis=-1, keepdims=True)))
+
+
+def token_logprobs(lp: np.ndarray, token: int, k: int) -> Token:
+    """`token` with its logprob in `lp` (log_softmax of a raw logits row) and
+    the `k` best alternatives."""
+    top: tuple[tuple[int, float], ...] = ()
+    if k > 0:
+        k = min(k, lp.shape[0])
+        ids = np.argpartition(-lp, k - 1)[:k]
+        ids = ids[np.argsort(-lp[ids], kind="stable")]
+        top = tuple((int(i), float(lp[i])) for i in ids)
+    return Token(int(token), float(lp[token]), top)
+
+
 @runtime_checkable
 class Engine(Protocol):
     info: ModelInfo
+    capabilities: Capabilities
+    n_vocab: int
     #: how many prompt tokens the last `generate` call really evaluated
     #: (the rest came from the KV cache: prefix reuse)
     n_prompt_evaluated: int
 
-    def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
+    def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
         """Token ids of `text`; special tokens written in the text
-        (e.g. ``<|im_start|>``) become their ids."""
+        (e.g. ``<|im_start|>``) become their ids, or stay plain text
+        with `special=False`."""
 
     def detokenize(self, tokens: list[int]) -> str:
         """Plain text of `tokens` (control tokens dropped)."""
@@ -63,11 +115,19 @@ class Engine(Protocol):
     def is_eog(self, token: int) -> bool:
         """True for end-of-generation tokens (EOS, <|im_end|>, <end_of_turn>...)."""
 
-    def generate(self, prompt: list[int], params: "SamplingParams") -> Iterator[int]:
-        """Yield sampled token ids after `prompt`, forever or until an
-        end-of-generation token (which is yielded too) or `cancel()`.
-        Reuses the KV cache for the longest common prefix with the previous
-        call. Closing the iterator stops the work."""
+    def generate(self, prompt: list[int], params: "SamplingParams", *,
+                 processors: Sequence[LogitsProcessor] = (),
+                 logprobs: int | None = None) -> Iterator[Token]:
+        """Yield sampled tokens after `prompt`, forever or until an
+        end-of-generation token (which is yielded too), a full window or
+        `cancel()`. Reuses the KV cache for the longest common prefix with
+        the previous call. Closing the iterator stops the work.
+        `processors` modify each logits row before sampling; `logprobs`
+        None leaves Token.logprob None, k >= 0 fills the chosen token's raw
+        logprob and the k best alternatives."""
+
+    def logprobs(self, tokens: list[int]) -> np.ndarray:
+        """log p(tokens[i+1] | tokens[:i+1]) for each i (perplexity)."""
 
     def cancel(self) -> None:
         """Ask a running `generate` to stop after the current token

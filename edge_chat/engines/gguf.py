@@ -1,23 +1,31 @@
-"""GGUF engine: llama.cpp through llama-cpp-python (mmap, KV cache, GPU layers)."""
+"""GGUF engine: llama.cpp's C API through llama-cpp-python's low-level bindings
+(model, context, batch, memory/KV sequence calls, sampler chain) - mmap, KV cache
+reuse, GPU layers."""
 
 from __future__ import annotations
 
-import threading
+import ctypes
+import random
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
-from edge_chat.engines.base import ModelInfo, default_n_ctx
+import numpy as np
+
+from edge_chat.engines.base import Capabilities, ModelInfo, default_n_ctx
+from edge_chat.engines.decode import LocalEngine
 from edge_chat.engines.gguf_file import fit_gpu_layers, parse_size, read_gguf
+from edge_chat.engines.gguf_sampling import ChainSampler, GrammarProcessor
 from edge_chat.errors import EdgeChatError, ModelLoadError
 from edge_chat.store import model_name
 from edge_chat.system import physical_cores
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from edge_chat.chat.params import SamplingParams
 
 KV_TYPES = {"f16": 1, "q8_0": 8}   # ggml type ids
+#: tokens per llama_decode call (prompt chunks; the batch holds this many)
+N_BATCH = 512
 
 
 def gpu_layers_for(gguf, gpu_layers: int | str | None, vram: str | int | None, n_ctx: int,
@@ -42,14 +50,36 @@ def gpu_layers_for(gguf, gpu_layers: int | str | None, vram: str | int | None, n
     return n
 
 
-def p_ids(params: "SamplingParams", prompt: list[int]):
-    """Every token id a request names: the prompt's and logit_bias's."""
-    yield from params.logit_bias
-    yield from prompt
+_log = {"quiet": True, "lines": []}
 
 
-class GGUFEngine:
-    """One llama.cpp context. Not thread-safe: one generation at a time."""
+def _llama():
+    """llama_cpp's low-level bindings, the backend initialised once, its log
+    kept (the last lines explain a failed load) instead of printed."""
+    import llama_cpp as lc
+    if "cb" not in _log:
+        @lc.llama_log_callback
+        def cb(level, text, _user):
+            line = text.decode("utf-8", "replace")
+            if not _log["quiet"]:
+                sys.stderr.write(line)
+            _log["lines"] = (_log["lines"] + [line])[-8:]
+        _log["cb"] = cb     # the C side holds a pointer: keep the callback alive
+        lc.llama_log_set(cb, ctypes.c_void_p(0))
+        lc.llama_backend_init()
+    return lc
+
+
+def _last_log() -> str:
+    lines = [ln.strip() for ln in _log["lines"] if ln.strip()]
+    return f" ({lines[-1][:200]})" if lines else ""
+
+
+class GGUFEngine(LocalEngine):
+    """One llama.cpp model and context (one sequence). One generation at a time."""
+
+    capabilities = Capabilities(logits_processors=True, logprobs=True, eval_many=True,
+                                gbnf=True)
 
     def __init__(self, path: Path, *, n_ctx: int | None = None, threads: int | None = None,
                  gpu_layers: int | str | None = 0, vram: str | int | None = None,
@@ -59,48 +89,82 @@ class GGUFEngine:
         if kv_type not in KV_TYPES:
             raise EdgeChatError(f"--kv-type must be one of {', '.join(KV_TYPES)}", param="kv_type")
         ctx = default_n_ctx(gguf.context_length, n_ctx)
+        if ctx < 1:
+            raise EdgeChatError(f"n_ctx must be positive, not {n_ctx}", param="n_ctx")
         self.n_gpu_layers = gpu_layers_for(gguf, gpu_layers, vram, ctx, kv_type)
-        import llama_cpp
-        self._llama_cpp = llama_cpp
+        lc = self._lc = _llama()
+        _log["quiet"] = not verbose
         threads = threads or physical_cores()
-        try:
-            self._llm = llama_cpp.Llama(
-                str(path), n_ctx=ctx, n_threads=threads, n_threads_batch=threads,
-                n_gpu_layers=self.n_gpu_layers, use_mmap=mmap, n_batch=512,
-                type_k=KV_TYPES[kv_type], type_v=KV_TYPES[kv_type],
-                flash_attn=kv_type != "f16", verbose=verbose,
-                # a full-size sliding-window cache can be cut at any position,
-                # which prefix reuse needs (Gemma 3 and other SWA models)
-                swa_full=gguf.arch_value("attention.sliding_window") is not None or None)
-        except (ValueError, RuntimeError, OSError) as e:
-            raise ModelLoadError(f"llama.cpp cannot load {path}: {e}") from None
-        llm = self._llm
-        self._vocab = llm._model.vocab
-        self._cancel = threading.Event()
+        self._model = self._ctx = self._batch = None
+        mp = lc.llama_model_default_params()
+        mp.n_gpu_layers = self.n_gpu_layers
+        mp.use_mmap = mmap
+        _log["lines"] = []
+        self._model = lc.llama_model_load_from_file(str(path).encode(), mp)
+        if not self._model:
+            raise ModelLoadError(f"llama.cpp cannot load {path}{_last_log()}")
+        cp = lc.llama_context_default_params()
+        cp.n_ctx = ctx
+        cp.n_batch = cp.n_ubatch = N_BATCH
+        cp.n_seq_max = 1
+        cp.n_threads = cp.n_threads_batch = threads
+        cp.type_k = cp.type_v = KV_TYPES[kv_type]
+        cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if kv_type != "f16" \
+            else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED     # a quantized V cache needs it
+        # a full-size sliding-window cache can be cut at any position, which
+        # prefix reuse and speculation need (Gemma 3 and other SWA models)
+        cp.swa_full = gguf.arch_value("attention.sliding_window") is not None
+        cp.no_perf = True
+        self._ctx = lc.llama_init_from_model(self._model, cp)
+        if not self._ctx:
+            self.close()
+            raise ModelLoadError(f"llama.cpp cannot open a context of {ctx} tokens for "
+                                 f"{path}{_last_log()}")
+        self._mem = lc.llama_get_memory(self._ctx)
+        self._vocab = lc.llama_model_get_vocab(self._model)
+        self.n_vocab = int(lc.llama_vocab_n_tokens(self._vocab))
+        self._batch = lc.llama_batch_init(N_BATCH, 0, 1)
+        b = self._batch
+        self._b_token = np.ctypeslib.as_array(b.token, shape=(N_BATCH,))
+        self._b_pos = np.ctypeslib.as_array(b.pos, shape=(N_BATCH,))
+        self._b_logits = np.ctypeslib.as_array(b.logits, shape=(N_BATCH,))
+        np.ctypeslib.as_array(b.n_seq_id, shape=(N_BATCH,))[:] = 1
+        for i in range(N_BATCH):
+            b.seq_id[i][0] = 0
         self._pieces: dict[int, bytes] = {}
-        self.n_prompt_evaluated = 0
-        bos = llm.token_bos()
-        eos = llm.token_eos()
+        self._init_decoding()
+        bos, eos = lc.llama_vocab_bos(self._vocab), lc.llama_vocab_eos(self._vocab)
         self.info = ModelInfo(
             name=model_name(path), path=path, format="gguf", arch=gguf.arch,
-            quant=gguf.quant_name, n_ctx_train=gguf.context_length or ctx, n_ctx=min(ctx, llm.n_ctx()),
+            quant=gguf.quant_name, n_ctx_train=gguf.context_length or ctx,
+            n_ctx=min(ctx, int(lc.llama_n_ctx(self._ctx))),
             size_bytes=path.stat().st_size, chat_template=gguf.chat_template,
-            bos_token=llm._model.token_get_text(bos) if bos >= 0 else "",
-            eos_token=llm._model.token_get_text(eos) if eos >= 0 else "",
-            add_bos=llm._model.add_bos_token(), n_params=gguf.n_params,
+            bos_token=self._text(bos), eos_token=self._text(eos),
+            add_bos=bool(lc.llama_vocab_get_add_bos(self._vocab)), n_params=gguf.n_params,
             n_layers=gguf.n_layers,
             extra={"threads": threads, "n_gpu_layers": self.n_gpu_layers, "kv_type": kv_type,
                    "general.name": gguf.name})
-        llm._init_sampler = self._make_sampler   # our sampler chain (adds logit_bias)
-        self._params: "SamplingParams | None" = None
-        self._grammar = None
-        self._seed = 0
+
+    def _text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._lc.llama_vocab_get_text(self._vocab, token).decode("utf-8", "replace")
 
     # -- tokens -------------------------------------------------------------
-    def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
+    def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
+        lc = self._lc
         if not text:
-            return [self._llm.token_bos()] if add_bos else []
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+            bos = lc.llama_vocab_bos(self._vocab)
+            return [bos] if add_bos and bos >= 0 else []
+        data = text.encode("utf-8")
+        cap = len(data) + 2
+        buf = (lc.llama_token * cap)()
+        n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
+        if n < 0:
+            cap = -n
+            buf = (lc.llama_token * cap)()
+            n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_bos, special)
+        return list(buf[:n])
 
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", "replace")
@@ -108,8 +172,7 @@ class GGUFEngine:
     def token_bytes(self, token: int) -> bytes:
         piece = self._pieces.get(token)
         if piece is None:
-            import ctypes
-            lc = self._llama_cpp
+            lc = self._lc
             buf = ctypes.create_string_buffer(64)
             n = lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
             if n < 0:
@@ -120,124 +183,75 @@ class GGUFEngine:
         return piece
 
     def is_eog(self, token: int) -> bool:
-        return bool(self._llama_cpp.llama_vocab_is_eog(self._vocab, token))
+        return bool(self._lc.llama_vocab_is_eog(self._vocab, token))
 
-    # -- generation ---------------------------------------------------------
-    def _make_sampler(self, **_ignored):
-        from llama_cpp._internals import LlamaSampler
-        p = self._params
-        s = LlamaSampler()
-        n_vocab = self._llm.n_vocab()
-        if p.logit_bias:
-            s.add_logit_bias(n_vocab, p.logit_bias)
-        if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
-            s.add_penalties(n_vocab=n_vocab, penalty_last_n=64, penalty_repeat=p.repeat_penalty,
-                            penalty_freq=p.frequency_penalty,
-                            penalty_present=p.presence_penalty)
-        if self._grammar is not None:
-            s.add_grammar(self._llm._model, self._grammar)
-        if p.temperature == 0.0:
-            s.add_greedy()
-            return s
-        if p.top_k > 0:
-            s.add_top_k(p.top_k)
-        if p.top_p < 1.0:
-            s.add_top_p(p.top_p, 1)
-        if p.min_p > 0.0:
-            s.add_min_p(p.min_p, 1)
-        s.add_temp(p.temperature)
-        s.add_dist(self._seed)
-        return s
+    # -- the steps (decode.LocalEngine builds generate on them) ---------------
+    def sampler(self, params: "SamplingParams", prompt) -> ChainSampler:
+        seed = params.seed if params.seed is not None else random.getrandbits(32)
+        return ChainSampler(self._lc, self.n_vocab, params, seed)
 
-    def _reusable(self, prompt: list[int]) -> int:
-        """Prompt tokens llama-cpp-python will take from the KV cache (it
-        replays the last prompt token for fresh logits unless the cache holds
-        exactly this prompt). A cache that cannot be cut (sliding-window
-        attention) is reused not at all."""
-        llm = self._llm
-        hit = 0
-        for a, b in zip(llm._input_ids[:llm.n_tokens], prompt):
-            if a != b:
-                break
-            hit += 1
-        if hit == len(prompt) == llm.n_tokens and not llm._requires_eval:
-            return hit
-        reuse = hit - 1 if hit == len(prompt) else hit
-        if reuse > 0 and not llm._ctx.kv_cache_seq_rm(-1, reuse, -1):
-            return 0
-        return reuse
+    def eval(self, tokens, all_logits: bool = False) -> np.ndarray:
+        lc = self._lc
+        rows, n = [], len(tokens)
+        for i in range(0, n, N_BATCH):
+            chunk = [int(t) for t in tokens[i:i + N_BATCH]]
+            k = len(chunk)
+            self._b_token[:k] = chunk
+            self._b_pos[:k] = np.arange(self.kv.pos, self.kv.pos + k)
+            self._b_logits[:k] = 1 if all_logits else 0
+            self._b_logits[k - 1] = 1
+            self._batch.n_tokens = k
+            rc = lc.llama_decode(self._ctx, self._batch)
+            if rc != 0:
+                self.trim(0)    # a failed decode may leave part of the batch in the cache
+                raise EdgeChatError(f"llama.cpp could not evaluate {k} tokens at position "
+                                    f"{self.kv.pos} (llama_decode returned {rc})")
+            self.kv.append(chunk)
+            if all_logits:
+                rows.append(np.ctypeslib.as_array(lc.llama_get_logits(self._ctx),
+                                                  shape=(k, self.n_vocab)).copy())
+        if all_logits:
+            return np.concatenate(rows)
+        # a view of llama.cpp's buffer: processors write into it, the sampler reads it
+        return np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, k - 1),
+                                     shape=(self.n_vocab,))
 
-    def generate(self, prompt: list[int], params: "SamplingParams",
-                 grammar: str | None = None) -> Iterator[int]:
-        import random
-        llm = self._llm
-        if not prompt:
-            raise EdgeChatError("empty prompt", param="messages")
-        if len(prompt) >= self.info.n_ctx:
-            raise EdgeChatError(f"prompt of {len(prompt)} tokens does not fit the context "
-                                f"window of {self.info.n_ctx}", code="context_length_exceeded")
-        n_vocab = llm.n_vocab()
-        bad = next((t for t in p_ids(params, prompt) if not 0 <= t < n_vocab), None)
-        if bad is not None:
-            raise EdgeChatError(f"token id {bad} is out of range (the model has {n_vocab} tokens)",
-                                param="logit_bias" if bad in params.logit_bias else "prompt")
-        self._cancel.clear()
-        self._params = params
-        self._seed = params.seed if params.seed is not None else random.getrandbits(32)
-        self._grammar = None
-        if grammar is not None:
-            self._grammar = self._llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
-        reuse = self._reusable(prompt)
-        self.n_prompt_evaluated = len(prompt) - reuse
-        if reuse < len(prompt) - 1:
-            # the prompt's last token is always decoded on its own, as it is when the
-            # rest comes from the cache: the same request gives the same answer
-            # whatever the cache held before (a batch decode rounds differently)
-            llm.n_tokens = reuse
-            llm.eval(prompt[reuse:-1])
-        gen = llm.generate(prompt, reset=True)
+    def trim(self, n: int) -> int:
+        n = max(n, 0)
+        if n >= len(self.kv):
+            return len(self.kv)
+        if n == 0 or not self._lc.llama_memory_seq_rm(self._mem, 0, n, -1):
+            self._lc.llama_memory_clear(self._mem, True)
+            n = 0
+        self.kv.trim(n)
+        return n
+
+    def grammar_for(self, response_format: dict) -> GrammarProcessor | None:
+        """A LogitsProcessor for an OpenAI `response_format` (None for text)."""
+        grammar = response_format_grammar(response_format)
+        if grammar is None:
+            return None
+        return GrammarProcessor(self._lc, self._vocab, self.n_vocab, grammar)
+
+    def _free(self) -> None:
+        lc = getattr(self, "_lc", None)
+        if lc is None:
+            return
+        batch, self._batch = getattr(self, "_batch", None), None
+        ctx, self._ctx = getattr(self, "_ctx", None), None
+        model, self._model = getattr(self, "_model", None), None
+        if batch is not None:
+            lc.llama_batch_free(batch)
+        if ctx:
+            lc.llama_free(ctx)
+        if model:
+            lc.llama_model_free(model)
+
+    def __del__(self) -> None:
         try:
-            for tok in gen:
-                yield tok
-                if self._cancel.is_set() or self.is_eog(tok):
-                    return
-        finally:
-            gen.close()
-
-    def logprobs(self, tokens: list[int]) -> "np.ndarray":
-        """log p(tokens[i+1] | tokens[:i+1]) for each i (perplexity). Uses
-        the KV cache from position 0 (the next generate re-evaluates)."""
-        import numpy as np
-        llm = self._llm
-        if len(tokens) > self.info.n_ctx:
-            raise EdgeChatError(f"{len(tokens)} tokens do not fit the window of {self.info.n_ctx}")
-        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-        llm.n_tokens = 0
-        llm._requires_eval = True
-        n_vocab = llm.n_vocab()
-        out = []
-        for i in range(0, len(tokens), llm.n_batch):
-            batch = tokens[i:i + llm.n_batch]
-            llm._batch.set_batch(batch=batch, n_past=i, logits_all=True)
-            llm._ctx.decode(llm._batch)
-            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(batch) * n_vocab,))
-            out.append(logits.reshape(len(batch), n_vocab).astype(np.float64))
-        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-        logits = np.concatenate(out)[:-1]
-        mx = logits.max(axis=1, keepdims=True)
-        lse = mx[:, 0] + np.log(np.exp(logits - mx).sum(axis=1))
-        return logits[np.arange(len(tokens) - 1), tokens[1:]] - lse
-
-    def grammar_for(self, response_format: dict) -> str | None:
-        return response_format_grammar(response_format)
-
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def close(self) -> None:
-        llm, self._llm = getattr(self, "_llm", None), None
-        if llm is not None:
-            llm.close()
+            self.close()
+        except Exception:  # noqa: BLE001  interpreter shutting down
+            pass
 
 
 def response_format_grammar(response_format: dict | None) -> str | None:

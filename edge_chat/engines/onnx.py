@@ -13,17 +13,17 @@ reuses the longest common prefix with the tokens already in the cache. Two layou
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge_chat.engines.base import DEFAULT_MAX_CTX, ModelInfo, default_n_ctx
+from edge_chat.engines.decode import LocalEngine
 from edge_chat.engines.onnx_vocab import Vocab, read_json
 from edge_chat.engines.sampler import Sampler
-from edge_chat.errors import ContextLengthExceeded, EdgeChatError, ModelLoadError
+from edge_chat.errors import EdgeChatError, ModelLoadError
 from edge_chat.system import collapse_to_huge_pages, physical_cores
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def select_providers(provider: str, available: Sequence[str] | None = None) -> l
     return [match] if match == "CPUExecutionProvider" else [match, "CPUExecutionProvider"]
 
 
-class OnnxEngine:
+class OnnxEngine(LocalEngine):
     """Engine over an ONNX model folder made by `convert_to_onnx` (or optimum)."""
 
     def __init__(self, path: Path, n_ctx: int | None = None, threads: int | None = None,
@@ -126,13 +126,9 @@ class OnnxEngine:
             extra={"provider": self.provider, "threads": self.threads,
                    "eog_ids": sorted(self.vocab.eog), "n_vocab": self.n_vocab},
         )
-        self.n_prompt_evaluated = 0
-        self._tokens: list[int] = []        # tokens whose keys/values are in the cache
+        self._init_decoding()               # self.kv: the tokens whose keys/values are cached
         self._past: dict[str, object] = {}  # past input name -> OrtValue
         self._io = None                      # shared layout: the binding kept across runs
-        self._cancel = threading.Event()
-        self._lock = threading.Lock()
-        self._gen_id = 0
         self._reset_cache()
 
     # -- loading ---------------------------------------------------------------
@@ -183,8 +179,8 @@ class OnnxEngine:
 
     # -- tokens ----------------------------------------------------------------
 
-    def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
-        return self.vocab.tokenize(text, add_bos)
+    def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
+        return self.vocab.tokenize(text, add_bos, special)
 
     def detokenize(self, tokens: list[int]) -> str:
         return self.vocab.detokenize(tokens)
@@ -195,59 +191,35 @@ class OnnxEngine:
     def is_eog(self, token: int) -> bool:
         return token in self.vocab.eog
 
-    # -- generation ------------------------------------------------------------
+    # -- the steps (decode.LocalEngine builds generate on them) -------------------
 
-    def generate(self, prompt: list[int], params: SamplingParams) -> Iterator[int]:
-        prompt = [int(t) for t in prompt]
-        if not prompt:
-            raise EdgeChatError("empty prompt: nothing to continue", param="messages")
-        if len(prompt) >= self.n_ctx:
-            raise ContextLengthExceeded(
-                f"the prompt has {len(prompt)} tokens but the context window is {self.n_ctx}")
-        bad = next((t for t in prompt if not 0 <= t < self.n_vocab), None)
-        if bad is not None:
-            raise EdgeChatError(f"token id {bad} is out of range (vocabulary: {self.n_vocab})")
-        Sampler(params).adjust(np.zeros(self.n_vocab, np.float32))  # validate logit_bias now
-        self._cancel.clear()
-        self._gen_id += 1
-        return self._run(prompt, params, self._gen_id)
+    def sampler(self, params: SamplingParams, prompt: Sequence[int]) -> Sampler:
+        return Sampler(params, context=prompt)
 
-    def _run(self, prompt: list[int], params: SamplingParams, gen_id: int) -> Iterator[int]:
-        with self._lock:
-            if gen_id != self._gen_id:      # superseded before it started
-                return
-            keep = 0
-            for a, b in zip(self._tokens, prompt):
-                if a != b:
-                    break
-                keep += 1
-            keep = min(keep, len(prompt) - 1)   # always evaluate one token for its logits
-            self._truncate(keep)
-            self.n_prompt_evaluated = len(prompt) - keep
-            if keep < len(prompt) - 1:
-                # the last token on its own, as when the rest is cached: the same
-                # request gives the same answer whatever the cache held before
-                self._eval(prompt[keep:-1])
-            logits = self._eval(prompt[-1:])
-        sampler = Sampler(params, context=prompt)
-        while True:
-            if self._cancel.is_set() or gen_id != self._gen_id:
-                return
-            token = sampler.sample(logits)
-            sampler.accept(token)
-            yield token
-            if token in self.vocab.eog or self._cancel.is_set() or gen_id != self._gen_id:
-                return
-            if len(self._tokens) + 1 > self.n_ctx:
-                return      # context full: the caller sees no EOG (finish_reason "length")
-            with self._lock:
-                if gen_id != self._gen_id:
-                    return
-                logits = self._eval([token])
+    def trim(self, n: int) -> int:
+        """Keep the first `n` cached positions."""
+        n = max(n, 0)
+        if n >= len(self.kv):
+            return len(self.kv)
+        if self._shared_kv:         # positions past the mask's length are never read
+            self.kv.trim(n)
+            return n
+        if n == 0:
+            self._reset_cache()
+            return 0
+        import onnxruntime as ort
+        for name, ov in self._past.items():
+            arr = ov.numpy()
+            idx = [slice(None)] * arr.ndim
+            idx[self._seq_axis[name]] = slice(0, n)
+            self._past[name] = ort.OrtValue.ortvalue_from_numpy(
+                np.ascontiguousarray(arr[tuple(idx)]), self._kv_device, 0)
+        self.kv.trim(n)
+        return n
 
     def _reset_cache(self) -> None:
         import onnxruntime as ort
-        self._tokens = []
+        self.kv.trim(0)
         if self._shared_kv:
             if self._io is None:    # n_ctx positions per layer, bound once for good
                 self._io = self._sess.io_binding()
@@ -265,48 +237,16 @@ class OnnxEngine:
         self._past = {n: ort.OrtValue.ortvalue_from_numpy(a, self._kv_device, 0)
                       for n, a in self._empty.items()}
 
-    def _truncate(self, n: int) -> None:
-        """Keep the first `n` cached positions."""
-        if n >= len(self._tokens):
-            return
-        if self._shared_kv:         # positions past the mask's length are never read
-            del self._tokens[n:]
-            return
-        if n == 0:
-            self._reset_cache()
-            return
-        import onnxruntime as ort
-        for name, ov in self._past.items():
-            arr = ov.numpy()
-            idx = [slice(None)] * arr.ndim
-            idx[self._seq_axis[name]] = slice(0, n)
-            self._past[name] = ort.OrtValue.ortvalue_from_numpy(
-                np.ascontiguousarray(arr[tuple(idx)]), self._kv_device, 0)
-        del self._tokens[n:]
-
-    def logprobs(self, tokens: list[int]) -> np.ndarray:
-        """log p(tokens[i+1] | tokens[:i+1]) for each i (perplexity); leaves
-        the cache empty."""
-        if len(tokens) > self.n_ctx:
-            raise EdgeChatError(f"{len(tokens)} tokens do not fit the window of {self.n_ctx}")
-        with self._lock:
-            self._gen_id += 1
-            self._reset_cache()
-            rows = self._eval(tokens, all_rows=True)
-            self._reset_cache()
-        logits = rows[:-1].astype(np.float64)
-        mx = logits.max(axis=1, keepdims=True)
-        lse = mx[:, 0] + np.log(np.exp(logits - mx).sum(axis=1))
-        return logits[np.arange(len(tokens) - 1), tokens[1:]] - lse
-
-    def _eval(self, tokens: list[int], all_rows: bool = False) -> np.ndarray:
+    def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Run `tokens` after the cache; the logits row of the last one
-        (float32), or of every one with `all_rows`."""
+        (float32), or of every one with `all_logits`."""
+        tokens = [int(t) for t in tokens]
+        all_rows = all_logits
         logits = None
         rows = []
         for i in range(0, len(tokens), PROMPT_CHUNK):
             chunk = tokens[i:i + PROMPT_CHUNK]
-            start, n = len(self._tokens), len(chunk)
+            start, n = self.kv.pos, len(chunk)
             io = self._io if self._shared_kv else self._sess.io_binding()
             feeds = {"input_ids": np.array([chunk], dtype=self._ids_dtype)}
             if self._has_mask:
@@ -325,7 +265,7 @@ class OnnxEngine:
                 # one token: ORT writes the row straight into our numpy buffer
                 io.bind_ortvalue_output("logits", self._logits_ov)
                 self._sess.run_with_iobinding(io)
-                self._tokens.extend(chunk)
+                self.kv.append(chunk)
                 # a float32 copy: another thread's run may refill the buffer before we sample
                 logits = self._logits_row[0, 0].astype(np.float32)
                 continue
@@ -338,16 +278,12 @@ class OnnxEngine:
             logits = np.asarray(out[-1], dtype=np.float32)
             # growing layout: the presents become the next past, kept as OrtValues (no copy)
             self._past.update({self._present[p]: ov for p, ov in zip(presents, outs)})
-            self._tokens.extend(chunk)
+            self.kv.append(chunk)
         return np.concatenate(rows) if all_rows else logits
 
-    def cancel(self) -> None:
-        self._cancel.set()
-
-    def close(self) -> None:
-        self._gen_id += 1
+    def _free(self) -> None:
         self._past = {}
-        self._tokens = []
+        self.kv.trim(0)
         self._io = None
         self._sess = None
 

@@ -62,8 +62,16 @@ class Vocab:
                 eog.add(i)
         self.eog = frozenset(eog)
 
-    def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
-        ids = self.tok.encode(text, add_special_tokens=False).ids
+    def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
+        """special=False: special-token text (``<|im_end|>``) is split as plain text."""
+        if special:
+            ids = self.tok.encode(text, add_special_tokens=False).ids
+        else:
+            self.tok.encode_special_tokens = True
+            try:
+                ids = self.tok.encode(text, add_special_tokens=False).ids
+            finally:
+                self.tok.encode_special_tokens = False
         if add_bos and self.bos_id is not None:
             ids = [self.bos_id] + ids
         return ids

@@ -55,6 +55,9 @@ class Sampler:
             self.recent.append(int(token))
         self.generated[int(token)] += 1
 
+    def close(self) -> None:
+        """Nothing to free (llama.cpp's chain sampler needs it)."""
+
     # -- the pipeline ------------------------------------------------------
 
     def adjust(self, logits: np.ndarray, dtype=np.float64) -> np.ndarray:

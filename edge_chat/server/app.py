@@ -153,7 +153,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     @v1.post("/chat/completions")
     async def chat_completions(request: Request):
         req, params = parse(ChatRequest, await request.body())
-        messages, tools = req.messages, req.tool_spec
+        messages, tools, prediction = req.messages, req.tool_spec, req.prediction_text()
 
         def run(model: ChatModel) -> Iterator[Event]:
             if model.template is None:
@@ -164,7 +164,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             prompt = model.prepare(messages, params, tools)
             yield from model.stream(None, params, tools, prompt=prompt,
                                     response_format=req.response_format,
-                                    logprobs=req.n_logprobs)
+                                    logprobs=req.n_logprobs, prediction=prediction)
 
         return await respond(request, req, run, chat=True)
 

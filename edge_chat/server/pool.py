@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_chat.chat.completion import ChatModel, Event
-from edge_chat.engines.base import default_n_ctx
+from edge_chat.engines.base import Token, default_n_ctx
 from edge_chat.engines import EngineOptions
 from edge_chat.errors import EdgeChatError, ModelNotFound
 from edge_chat.store import (
@@ -91,7 +91,7 @@ class _CountingEngine:
     def __getattr__(self, name: str):
         return getattr(self._engine, name)
 
-    def generate(self, prompt, params, **kw) -> Iterator[int]:
+    def generate(self, prompt, params, **kw) -> Iterator[Token]:
         gen = self._engine.generate(prompt, params, **kw)
         try:
             for tok in gen:

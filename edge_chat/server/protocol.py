@@ -79,7 +79,8 @@ class ChatRequest(_Request):
     parallel_tool_calls: Any = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
-    # accepted and ignored: metadata, store, service_tier, prediction, ...
+    prediction: Any = None
+    # accepted and ignored: metadata, store, service_tier, ...
     _tools: ToolSpec | None = PrivateAttr(None)
 
     @property
@@ -105,6 +106,22 @@ class ChatRequest(_Request):
                                     f"{MAX_TOP_LOGPROBS}", param="top_logprobs")
             if not self.logprobs:
                 raise EdgeChatError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+
+    def prediction_text(self) -> str | None:
+        """Predicted Outputs: {"type": "content", "content": str | [text parts]}."""
+        p = self.prediction
+        if p is None:
+            return None
+        content = p.get("content") if isinstance(p, dict) and p.get("type") == "content" \
+            else None
+        if isinstance(content, list) and all(
+                isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str)
+                for c in content):
+            content = "".join(c["text"] for c in content)
+        if not isinstance(content, str):
+            raise EdgeChatError("invalid 'prediction': write {\"type\": \"content\", "
+                                "\"content\": \"the expected text\"}", param="prediction")
+        return content
 
     def _max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None \
