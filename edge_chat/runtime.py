@@ -30,10 +30,13 @@ def open_chat(spec: str | None, options: EngineOptions | None = None, *,
         template, note = None, None
     if note and warn:
         warn(note)
-    constrain = None
-    if engine.capabilities.logits_processors:
-        from edge_chat.engines.grammar import GrammarProcessor
+    return ChatModel(engine, template, context_policy=context_policy,
+                     constrain=grammar_processors(engine))
 
-        def constrain(grammar):
-            return GrammarProcessor(engine, grammar.lark, grammar.param)
-    return ChatModel(engine, template, context_policy=context_policy, constrain=constrain)
+
+def grammar_processors(engine):
+    """What ChatModel calls to enforce a Grammar on `engine` (None: it cannot)."""
+    if not engine.capabilities.logits_processors:
+        return None
+    from edge_chat.engines.grammar import GrammarProcessor
+    return lambda grammar: GrammarProcessor(engine, grammar.lark, grammar.param)

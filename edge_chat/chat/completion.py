@@ -273,7 +273,7 @@ class ChatModel:
 
     def _tool_events(self, events: Iterator[Event], spec: ToolSpec) -> Iterator[Event]:
         """One choice's events with the tool calls parsed out of the text."""
-        parser = ToolParser(self.tool_family(), spec.allowed(), spec.parallel)
+        parser = ToolParser(self.tool_family(), spec.allowed(), spec.parallel, spec.forced)
         for ev in events:
             pieces = parser.feed(ev.delta)
             if ev.finish_reason is not None:

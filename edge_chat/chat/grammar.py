@@ -25,8 +25,13 @@ def _lit(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+#: JSON as json.dumps writes it: `{"a": 1, "b": [2, 3]}` (llguidance's default lets the
+#: model put any whitespace between tokens, and small models then ramble in it)
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
 def _json(schema: dict) -> str:
-    return "%json " + json.dumps(schema, ensure_ascii=False)
+    return "%json " + json.dumps({**schema, "x-guidance": JSON_LAYOUT}, ensure_ascii=False)
 
 
 def check_response_format(rf: Any) -> dict | None:

@@ -112,10 +112,12 @@ def _partial_suffix(text: str, marker: str) -> int:
 class ToolParser:
     """Splits one answer's text into content and tool calls as it streams."""
 
-    def __init__(self, family: str, functions: dict[str, dict], parallel: bool = True):
+    def __init__(self, family: str, functions: dict[str, dict], parallel: bool = True,
+                 forced: bool = False):
         self.open, self.close = MARKERS[family]
         self.functions = functions
         self.parallel = parallel
+        self.forced = forced        # constrained to calls: markup left over is a cut-off call
         self.buf = ""
         self.mode = "start"        # start | content | after (a call) | call | bare
         self.calls: list[ToolCall] = []
@@ -149,6 +151,9 @@ class ToolParser:
 
     def _decide(self, body: str, raw: str, out: list[Piece], quiet: bool = False) -> None:
         calls = parse_calls(body, self.functions)
+        if calls is None and self.forced:
+            log.info("a call cut off before its end was dropped: %.200r", raw)
+            return
         if calls is None:
             if not quiet:
                 log.warning("tool call markup that is not a call of an offered function "
