@@ -75,34 +75,6 @@ def _sampling(temperature, top_p, top_k, min_p, presence_penalty, frequency_pena
                        logit_bias=parse_logit_bias(logit_bias) if logit_bias else None)
 
 
-def _read_json(path: Path, option: str):
-    import json
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EdgeChatError(f"{option}: no such file: {path}") from None
-    except (OSError, ValueError) as e:
-        raise EdgeChatError(f"{option}: {path} is not a JSON file ({e})") from None
-
-
-def _structure_options(json_schema: Optional[Path], tools: Optional[Path]):
-    """(response_format, tools) from --json-schema FILE and --tools FILE, validated."""
-    from edge_chat.chat.grammar import check_response_format
-    from edge_chat.chat.tools import parse_tools
-    rf = tool_list = None
-    if json_schema is not None:
-        rf = {"type": "json_schema", "json_schema": {
-            "name": Path(json_schema).stem, "schema": _read_json(json_schema, "--json-schema"),
-            "strict": True}}
-        check_response_format(rf)
-    if tools is not None:
-        tool_list = _read_json(tools, "--tools")
-        if isinstance(tool_list, dict) and "tools" in tool_list:
-            tool_list = tool_list["tools"]
-        parse_tools(tool_list)
-    return rf, tool_list
-
-
 # -- chat ---------------------------------------------------------------------
 @command
 def chat(
@@ -141,13 +113,13 @@ def chat(
 ):
     """Chat with a model: a streaming REPL, or one answer (--prompt or piped stdin)."""
     from edge_chat.chat.context import POLICIES
-    from edge_chat.repl import ChatSession, run_repl
+    from edge_chat.repl import ChatSession, run_repl, structure_options
     from edge_chat.runtime import open_chat
     if context_policy not in POLICIES:
         raise EdgeChatError(f"--context-policy must be one of {', '.join(POLICIES)}")
     params = _sampling(temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty,
                        repeat_penalty, seed, stop, max_tokens, logit_bias)
-    response_format, tool_list = _structure_options(json_schema, tools)
+    response_format, tool_list = structure_options(json_schema, tools)
     piped = prompt is None and not sys.stdin.isatty()
     if piped:
         prompt = sys.stdin.read()
@@ -217,8 +189,8 @@ def ui(
                                               help="Where Export writes files (default: a temporary folder)."),
     context_policy: str = typer.Option("truncate", "--context-policy",
                                        help="When the window is full: truncate (drop oldest turns) or error."),
-    tools: Optional[Path] = typer.Option(None, "--tools", help="A JSON file with a list of "
-                                         "OpenAI function tools: the page shows the model's calls."),
+    tools: Optional[Path] = typer.Option(None, "--tools", help="A JSON file with a list of OpenAI "
+                                         "function tools: the page shows the model's calls."),
     chat_template: Optional[str] = TemplateOpt,
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
@@ -227,6 +199,7 @@ def ui(
 ):
     """A local chat page (Gradio) at http://HOST:PORT, fully offline: streaming, Stop, model picker, export."""
     from edge_chat.chat.context import POLICIES
+    from edge_chat.repl import structure_options
     from edge_chat.ui.app import parse_auth, run_ui
     if context_policy not in POLICIES:
         raise EdgeChatError(f"--context-policy must be one of {', '.join(POLICIES)}")
@@ -234,7 +207,7 @@ def ui(
            options=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
                                    speculative, draft),
            chat_template=chat_template, context_policy=context_policy, export_dir=export_dir,
-           warn=_err, tools=_structure_options(None, tools)[1])
+           warn=_err, tools=structure_options(None, tools)[1])
 
 
 # -- serve --------------------------------------------------------------------

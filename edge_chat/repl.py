@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
 from typing import TextIO
 
 from edge_chat.chat.completion import ChatModel, Stats
+from edge_chat.chat.grammar import check_response_format
 from edge_chat.chat.messages import load_messages, save_messages
 from edge_chat.chat.params import FIELDS, SamplingParams, parse_value, update_params
+from edge_chat.chat.tools import parse_tools
 from edge_chat.errors import EdgeChatError
 
 HELP = """\
@@ -167,6 +170,32 @@ class ChatSession:
             raise EdgeChatError(f"unknown command /{name}: /help lists them "
                                 f"(parameters: {', '.join(FIELDS)})")
         return True
+
+
+def _read_json(path: Path, option: str):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EdgeChatError(f"{option}: no such file: {path}") from None
+    except (OSError, ValueError) as e:
+        raise EdgeChatError(f"{option}: {path} is not a JSON file ({e})") from None
+
+
+def structure_options(json_schema: Path | None, tools: Path | None
+                      ) -> tuple[dict | None, list | None]:
+    """(response_format, tools) from --json-schema FILE and --tools FILE, validated."""
+    rf = tool_list = None
+    if json_schema is not None:
+        rf = {"type": "json_schema", "json_schema": {
+            "name": Path(json_schema).stem, "schema": _read_json(json_schema, "--json-schema"),
+            "strict": True}}
+        check_response_format(rf)
+    if tools is not None:
+        tool_list = _read_json(tools, "--tools")
+        if isinstance(tool_list, dict) and "tools" in tool_list:
+            tool_list = tool_list["tools"]
+        parse_tools(tool_list)
+    return rf, tool_list
 
 
 def read_message(prompt: str = ">>> ") -> str:

@@ -112,3 +112,22 @@ def test_remote_backend_passes_calls_and_logprobs_through(tiny_gguf, hermes, tmp
         remote.engine.close()
     finally:
         server.stop()
+
+
+def test_page_shows_calls(tiny_gguf, hermes, tmp_path, monkeypatch):
+    from edge_chat.ui.handlers import ChatUI, Conversation, ModelHolder
+    monkeypatch.setenv("EDGE_CHAT_MODELS", str(make_store(tmp_path / "store",
+                                                          {"tiny.gguf": tiny_gguf["q8_0"]})))
+    holder = ModelHolder(EngineOptions(threads=1), chat_template=str(hermes))
+    try:
+        assert holder.load("tiny").startswith("model **")
+        ui = ChatUI(holder, tmp_path / "exports", parse_tools(TOOLS, "required", False))
+        *_, (conv, status) = ui.send(Conversation(), FRANCE.messages[-1]["content"], "",
+                                     0.0, 1.0, 80, -1)
+        reply = conv.messages[-1]
+        (call,) = reply["tool_calls"]
+        assert "error" not in status and "<tool_call>" not in reply["content"]
+        assert f"🔧 tool call `{call['function']['name']}(" in conv.display()[-1]["content"]
+        assert conv.openai()[-1]["tool_calls"] == [call]          # exported with the call
+    finally:
+        holder.close()

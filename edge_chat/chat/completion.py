@@ -180,7 +180,8 @@ class ChatModel:
         return Prompt([], text, tokens)
 
     # -- generation ---------------------------------------------------------
-    def stream(self, messages: list, params: SamplingParams, tools: "list | ToolSpec | None" = None,
+    def stream(self, messages: list, params: SamplingParams,
+               tools: "list | ToolSpec | None" = None,
                policy: str | None = None, prompt: Prompt | None = None,
                response_format: dict | None = None, logprobs: int | None = None,
                processors: "Sequence[LogitsProcessor]" = (),
@@ -227,7 +228,8 @@ class ChatModel:
                         ev.usage = total
                 yield ev
 
-    def complete(self, messages: list, params: SamplingParams, tools: "list | ToolSpec | None" = None,
+    def complete(self, messages: list, params: SamplingParams,
+                 tools: "list | ToolSpec | None" = None,
                  policy: str | None = None, prompt: Prompt | None = None,
                  response_format: dict | None = None, logprobs: int | None = None,
                  processors: "Sequence[LogitsProcessor]" = (),

@@ -167,7 +167,8 @@ def check_tool_history(messages: list[dict], raw: list) -> None:
                 raise EdgeChatError(f"{where}: only assistant messages carry tool_calls",
                                     param=f"{where}.tool_calls")
             if not isinstance(calls, list):
-                raise EdgeChatError(f"{where}.tool_calls must be a list", param=f"{where}.tool_calls")
+                raise EdgeChatError(f"{where}.tool_calls must be a list",
+                                    param=f"{where}.tool_calls")
             for j, c in enumerate(calls):
                 w = f"{where}.tool_calls[{j}]"
                 fn = c.get("function") if isinstance(c, dict) else None
@@ -179,7 +180,8 @@ def check_tool_history(messages: list[dict], raw: list) -> None:
                     try:
                         json.loads(args or "{}")
                     except ValueError:
-                        raise EdgeChatError(f"{w}.function.arguments is not valid JSON: {args[:80]!r}",
+                        raise EdgeChatError(f"{w}.function.arguments is not valid JSON: "
+                                            f"{args[:80]!r}",
                                             param=f"{w}.function.arguments") from None
                 elif not isinstance(args, dict):
                     raise EdgeChatError(f"{w}.function.arguments must be a JSON string",
