@@ -100,36 +100,49 @@ def test_openai_tool_choice_variants(client, served):
 
 
 def test_openai_tool_round_trip(client, served):
+    """The call and its result go back as history (rendered by Qwen's template with the
+    arguments as an object); the next answer is a valid response whatever the model does
+    with it. (Qwen2.5-Coder-0.5B tends to call again after a result: in auto mode that
+    comes back as calls, with tool_choice "none" as text.)"""
     call = ask(client, served, tools=TOOLS).choices[0].message.tool_calls[0]
     msgs = PARIS + [
         {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
         {"role": "tool", "tool_call_id": call.id,
-         "content": json.dumps({"city": "Paris", "temperature_c": 17, "sky": "cloudy"})}]
-    c = ask(client, served, messages=msgs, tools=TOOLS).choices[0]
-    assert c.finish_reason == "stop" and "17" in c.message.content
+         "content": "It is 17 degrees Celsius and cloudy in Paris."}]
+    c = ask(client, served, messages=msgs, tools=TOOLS, max_tokens=60).choices[0]
+    assert c.message.tool_calls or c.message.content
+    assert not any(m in (c.message.content or "") for m in MARKUP)
+    c = ask(client, served, messages=msgs, tools=TOOLS, tool_choice="none",
+            max_tokens=60).choices[0]
+    assert c.message.tool_calls is None and "17" in c.message.content
 
 
 def test_openai_logprobs(client, served):
-    from edge_chat.engines import EngineOptions, load_engine
+    import numpy as np
+
+    from edge_chat.chat.params import make_params
+    from edge_chat.engines import EngineOptions
     from edge_chat.runtime import open_chat
-    r = ask(client, served, logprobs=True, top_logprobs=5, max_tokens=16,
-            messages=[{"role": "user", "content": "What is the capital of France?"}])
+    q = [{"role": "user", "content": "What is the capital of France?"}]
+    r = ask(client, served, logprobs=True, top_logprobs=5, max_tokens=16, messages=q)
     content = r.choices[0].logprobs.content
     assert "".join(t.token for t in content) == r.choices[0].message.content
     assert all(len(t.top_logprobs) == 5 and t.top_logprobs[0].token == t.token for t in content)
-    # an independent computation: this process scores the same tokens with the engine
-    m = open_chat(str(served[0].path), EngineOptions(threads=2))
+    # an independent computation in this process: the engine's logprobs() scoring of the
+    # same tokens. It evaluates them in one batch, decoding in single tokens and verified
+    # drafts (speculative decoding): Q4_K_M's kernels round differently with the batch
+    # shape, which moves logprobs by up to ~7e-3 here (the tiny q8_0/int8 models agree
+    # within 1e-3 through the API: test_server_tools.py)
+    m = open_chat(str(served[0].path), EngineOptions(threads=1))
     try:
-        from edge_chat.chat.params import make_params
         greedy = make_params(temperature=0)
-        prompt = m.prepare([{"role": "user", "content": "What is the capital of France?"}],
-                           greedy).tokens
+        prompt = m.prepare(q, greedy).tokens
         ids = [t.id for t, _ in zip(m.engine.generate(prompt, greedy), range(len(content)))]
         scored = m.engine.logprobs(prompt + ids)[len(prompt) - 1:]
     finally:
         m.engine.close()
-    assert max(abs(t.logprob - s) for t, s in zip(content, scored)) < 1e-3
-    assert load_engine  # (imported with the runtime)
+    diff = np.abs(np.array([t.logprob for t in content]) - scored)
+    assert len(diff) == len(content) and diff.max() < 1e-2
 
 
 def test_openai_parse_pydantic(client, served):
@@ -161,12 +174,15 @@ def test_openai_agents_runs_a_tool(served):
 
     model = agents.OpenAIChatCompletionsModel(
         model=served[1], openai_client=AsyncOpenAI(base_url=served[0].url, api_key="x"))
+    # the run ends with the tool's result (Qwen2.5-Coder-0.5B calls the tool again when it
+    # is shown a result, so the agent does not send it back for a final text)
     agent = agents.Agent(name="converter", instructions="Use the tool to convert units.",
                          tools=[convert_km_to_miles], model=model,
+                         tool_use_behavior="stop_on_first_tool",
                          model_settings=agents.ModelSettings(temperature=0, max_tokens=200))
     result = asyncio.run(agents.Runner.run(agent, "How many miles is 42 km?", max_turns=4))
     assert calls == [42.0]
-    assert "26.1" in result.final_output
+    assert result.final_output == "42.0 km is 26.10 miles"
 
 
 def test_langchain_bind_tools(served):
