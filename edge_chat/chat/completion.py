@@ -6,6 +6,7 @@ builds prompts, matches stops or counts tokens on its own."""
 from __future__ import annotations
 
 import codecs
+import logging
 import time
 from dataclasses import dataclass, field
 from collections.abc import Callable, Iterator, Sequence
@@ -18,8 +19,10 @@ from edge_chat.chat.params import SamplingParams
 from edge_chat.chat.stops import StopMatcher
 from edge_chat.chat.template import ChatTemplate
 from edge_chat.chat.tool_parse import ToolParser
-from edge_chat.chat.tools import ToolCall, ToolSpec, parse_tools, require_family
+from edge_chat.chat.tools import ToolCall, ToolSpec, parse_tools, require_family, tool_family
 from edge_chat.errors import ContextLengthExceeded, EdgeChatError
+
+log = logging.getLogger("edge_chat.tools")
 
 if TYPE_CHECKING:
     from edge_chat.engines.base import Engine, LogitsProcessor, Token
@@ -214,8 +217,10 @@ class ChatModel:
             stats = Stats(prompt_tokens=len(prompt.tokens))
             events = self._one(prompt.tokens, p, i, stats, grammar, logprobs, processors,
                                predicted)
-            if spec is not None and spec.active:
-                events = self._tool_events(events, spec)
+            family = tool_family(self.template.source if self.template else None,
+                                 self.info.arch) if spec is not None else None
+            if family is not None:
+                events = self._tool_events(events, spec, family)
             for ev in events:
                 if ev.finish_reason is not None:
                     total.completion_tokens += stats.completion_tokens
@@ -273,9 +278,11 @@ class ChatModel:
     def cancel(self) -> None:
         self.engine.cancel()
 
-    def _tool_events(self, events: Iterator[Event], spec: ToolSpec) -> Iterator[Event]:
-        """One choice's events with the tool calls parsed out of the text."""
-        parser = ToolParser(self.tool_family(), spec.allowed(), spec.parallel, spec.forced)
+    def _tool_events(self, events: Iterator[Event], spec: ToolSpec, family: str
+                     ) -> Iterator[Event]:
+        """One choice's events with the tool calls parsed out of the text (with
+        tool_choice "none" a call the model writes anyway is dropped, not shown as text)."""
+        parser = ToolParser(family, spec.allowed(), spec.parallel, spec.forced)
         for ev in events:
             pieces = parser.feed(ev.delta)
             if ev.finish_reason is not None:
@@ -283,6 +290,10 @@ class ChatModel:
             lps = ev.logprobs
             for piece in pieces:
                 if isinstance(piece, ToolCall):
+                    if not spec.active:
+                        log.warning("tool_choice is 'none': dropped a call of %s", piece.name)
+                        parser.calls.remove(piece)
+                        continue
                     yield Event(ev.index, tool_calls=[piece], logprobs=lps)
                 else:
                     yield Event(ev.index, piece, logprobs=lps)
