@@ -6,8 +6,8 @@ of a call is held back, so call markup never reaches the content.
 What is held: a suffix that could begin the family's start marker
 (`<tool_call>`, `<|python_tag|>`, `[TOOL_CALLS]`); an answer (or the text after
 a call) that opens with `{`, `[` or a ```json fence, until the JSON value
-closes and it is known whether it is a call. Markup that does not parse as a
-call of an offered function is given back as content (and logged)."""
+closes and it is known whether it is a call. A call that does not parse as a
+call of an offered function is given back as content without its markup (and logged)."""
 
 from __future__ import annotations
 
@@ -157,8 +157,8 @@ class ToolParser:
         if calls is None:
             if not quiet:
                 log.warning("tool call markup that is not a call of an offered function "
-                            "(returned as content): %.200r", raw)
-            self._emit(out, raw)
+                            "(its text returned as content): %.200r", raw)
+            self._emit(out, raw if quiet else body.strip())
             return
         if not self.parallel and self.calls:
             log.warning("parallel_tool_calls is false: dropped %d more call(s)", len(calls))
