@@ -219,3 +219,26 @@ def test_instructor_modes(client, served, mode):
         model=served[1], temperature=0, max_tokens=200, response_model=Person, max_retries=0,
         messages=[{"role": "user", "content": "Alice is 31 years old. Extract the person."}])
     assert isinstance(p, Person) and p.name == "Alice" and p.age == 31
+
+
+def test_history_renders_like_transformers(real_qwen_gguf, real_qwen_hf):
+    """An assistant turn's `arguments` arrive as a JSON string (the OpenAI shape) and are
+    rendered as an object, as transformers renders them: not double-encoded."""
+    from transformers import AutoTokenizer
+
+    from edge_chat.chat.messages import normalize_messages
+    from edge_chat.chat.template import ChatTemplate
+    from edge_chat.engines.gguf_file import read_gguf
+
+    def history(arguments):
+        return PARIS + [
+            {"role": "assistant", "content": None, "tool_calls": [{
+                "id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "17 C, cloudy"}]
+
+    ours = ChatTemplate(read_gguf(real_qwen_gguf).chat_template).render(
+        normalize_messages(history('{"city": "Paris"}')), tools=TOOLS)
+    theirs = AutoTokenizer.from_pretrained(real_qwen_hf).apply_chat_template(
+        history({"city": "Paris"}), tools=TOOLS, tokenize=False, add_generation_prompt=True)
+    assert ours == theirs and '"arguments": {"city": "Paris"}' in ours
