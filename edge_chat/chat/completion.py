@@ -161,11 +161,11 @@ class ChatModel:
             text = text[len(self.info.bos_token):]  # the tokenizer adds BOS itself
         return self.engine.tokenize(text, add_bos=add_bos)
 
-    def count_tokens(self, messages: list[dict], tools: list | None = None) -> int:
+    def count_tokens(self, messages: list[dict], tools: "list | ToolSpec | None" = None) -> int:
         return len(self.tokenize_prompt(self.render(messages, tools)))
 
-    def prepare(self, messages: list, params: SamplingParams, tools: list | None = None,
-                policy: str | None = None) -> Prompt:
+    def prepare(self, messages: list, params: SamplingParams,
+                tools: "list | ToolSpec | None" = None, policy: str | None = None) -> Prompt:
         msgs = normalize_messages(messages)
         kept, dropped = fit_messages(msgs, lambda m: self.count_tokens(m, tools), self.n_ctx,
                                      params.max_tokens, policy or self.context_policy)
