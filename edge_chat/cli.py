@@ -126,6 +126,10 @@ def chat(
     max_tokens: Optional[int] = typer.Option(None, help="Most tokens in one answer."),
     logit_bias: Optional[List[str]] = typer.Option(None, "--logit-bias", help="TOKEN_ID:BIAS (-100..100)."),
     stats: bool = typer.Option(False, "--stats", help="Print tokens/s and time to first token."),
+    json_schema: Optional[Path] = typer.Option(None, "--json-schema", help="A JSON schema file: "
+                                               "every answer is JSON valid against it."),
+    tools: Optional[Path] = typer.Option(None, "--tools", help="A JSON file with a list of "
+                                         "OpenAI function tools the model may call."),
     context_policy: str = typer.Option("truncate", "--context-policy",
                                        help="When the window is full: truncate (drop oldest turns) or error."),
     chat_template: Optional[str] = TemplateOpt, allow_special: bool = SpecialOpt,
@@ -143,12 +147,13 @@ def chat(
 ):
     """Chat with a model: a streaming REPL, or one answer (--prompt or piped stdin)."""
     from edge_chat.chat.context import POLICIES
-    from edge_chat.repl import ChatSession, run_repl
+    from edge_chat.repl import ChatSession, run_repl, structure_options
     from edge_chat.runtime import open_chat
     if context_policy not in POLICIES:
         raise EdgeChatError(f"--context-policy must be one of {', '.join(POLICIES)}")
     params = _sampling(temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty,
                        repeat_penalty, seed, stop, max_tokens, logit_bias)
+    response_format, tool_list = structure_options(json_schema, tools)
     piped = prompt is None and not sys.stdin.isatty()
     if piped:
         prompt = sys.stdin.read()
@@ -164,7 +169,9 @@ def chat(
                            chat_template=chat_template, context_policy=context_policy, warn=_err,
                            allow_special=allow_special)
     try:
-        session = ChatSession(model_, params, system=system, show_stats=stats)
+        session = ChatSession(model_, params, system=system, show_stats=stats, tools=tool_list,
+                              response_format=response_format)
+        session.model.grammar(tool_list, response_format)      # refused before the first turn
         if prompt is not None:
             session.ask(prompt.strip("\n"))
         else:
@@ -219,6 +226,8 @@ def ui(
     yes: bool = YesOpt,
     context_policy: str = typer.Option("truncate", "--context-policy",
                                        help="When the window is full: truncate (drop oldest turns) or error."),
+    tools: Optional[Path] = typer.Option(None, "--tools", help="A JSON file with a list of OpenAI "
+                                         "function tools: the page shows the model's calls."),
     chat_template: Optional[str] = TemplateOpt, allow_special: bool = SpecialOpt,
     ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
     gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
@@ -227,6 +236,7 @@ def ui(
 ):
     """A local chat page (Gradio) at http://HOST:PORT, fully offline: streaming, Stop, model picker, export."""
     from edge_chat.chat.context import POLICIES
+    from edge_chat.repl import structure_options
     from edge_chat.ui.app import parse_auth, run_ui
     if context_policy not in POLICIES:
         raise EdgeChatError(f"--context-policy must be one of {', '.join(POLICIES)}")
@@ -235,7 +245,7 @@ def ui(
            options=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
                                    speculative, draft),
            chat_template=chat_template, context_policy=context_policy, export_dir=export_dir,
-           warn=_err, allow_special=allow_special)
+           warn=_err, allow_special=allow_special, tools=structure_options(None, tools)[1])
 
 
 # -- serve --------------------------------------------------------------------

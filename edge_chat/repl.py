@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
 from typing import TextIO
 
 from edge_chat.chat.completion import ChatModel, Stats
+from edge_chat.chat.grammar import check_response_format
 from edge_chat.chat.messages import load_messages, save_messages
 from edge_chat.chat.params import FIELDS, SamplingParams, parse_value, update_params
+from edge_chat.chat.tools import parse_tools
 from edge_chat.errors import EdgeChatError
 
 HELP = """\
@@ -20,6 +23,7 @@ or wrap several lines in \"\"\" ... \"\"\".
   /retry           answer the last message again
   /set NAME VALUE  change a sampling parameter (/set temperature 0.3)
   /params          show the sampling parameters
+  /tool TEXT       answer the model's last tool call with TEXT (with --tools)
   /save FILE       save the conversation (OpenAI messages JSON)
   /load FILE       load a conversation
   /help            this help
@@ -39,9 +43,12 @@ class ChatSession:
     """A conversation: messages, params, and how answers reach the screen."""
 
     def __init__(self, model: ChatModel, params: SamplingParams, *, system: str | None = None,
-                 out: TextIO | None = None, err: TextIO | None = None, show_stats: bool = False):
+                 out: TextIO | None = None, err: TextIO | None = None, show_stats: bool = False,
+                 tools: list | None = None, response_format: dict | None = None):
         self.model = model
         self.params = params
+        self.tools = tools
+        self.response_format = response_format
         self.messages: list[dict] = []
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.show_stats = show_stats
@@ -63,19 +70,26 @@ class ChatSession:
     def answer(self) -> str:
         """Stream an answer to the current messages; Ctrl-C keeps the part
         already written. The answer joins the history."""
-        prompt = self.model.prepare(self.messages, self.params)
+        prompt = self.model.prepare(self.messages, self.params, self.tools)
         if prompt.dropped:
             self.err.write(f"[context full: dropped the {prompt.dropped} oldest message(s)]\n")
             self.messages = list(prompt.messages)
         parts: list[str] = []
+        calls: list[dict] = []
         stats = None
         events = self.model.stream(self.messages, self.params.model_copy(update={"n": 1}),
-                                   prompt=prompt)
+                                   self.tools, prompt=prompt,
+                                   response_format=self.response_format)
         try:
             for ev in events:
                 if ev.delta:
                     parts.append(ev.delta)
                     self.out.write(ev.delta)
+                    self.out.flush()
+                for call in ev.tool_calls:
+                    calls.append(call.as_dict())
+                    self.out.write(f"{chr(10) if parts else ''}[tool call {call.id}] "
+                                   f"{call.name}({call.arguments})\n")
                     self.out.flush()
                 if ev.finish_reason is not None:
                     stats = ev.stats
@@ -87,14 +101,29 @@ class ChatSession:
         self.out.write("\n")
         self.out.flush()
         text = "".join(parts)
-        if not text.strip() and stats is not None:
+        if not text.strip() and not calls and stats is not None:
             self.err.write("[the model gave an empty answer: it ended its turn at once. A base "
                            "model? try 'edge_chat complete' or --chat-template]\n")
         if stats is not None and self.show_stats:
             self.err.write(stats_line(stats) + "\n")
         self.err.flush()
-        self.messages.append({"role": "assistant", "content": text})
+        msg: dict = {"role": "assistant", "content": text}
+        if calls:
+            msg["tool_calls"] = calls
+        self.messages.append(msg)
         return text
+
+    def tool_result(self, text: str) -> str | None:
+        """Answer the last assistant message's pending tool calls (the first not yet
+        answered) with `text`, then let the model go on."""
+        last = next((m for m in reversed(self.messages) if m["role"] == "assistant"), None)
+        answered = {m.get("tool_call_id") for m in self.messages if m["role"] == "tool"}
+        pending = [c for c in (last or {}).get("tool_calls") or [] if c["id"] not in answered]
+        if not pending:
+            self.err.write("no tool call to answer\n")
+            return None
+        self.messages.append({"role": "tool", "tool_call_id": pending[0]["id"], "content": text})
+        return self.answer() if len(pending) == 1 else None
 
     def retry(self) -> str | None:
         while self.messages and self.messages[-1]["role"] == "assistant":
@@ -120,6 +149,8 @@ class ChatSession:
             self.err.write("[conversation cleared]\n")
         elif name == "retry":
             self.retry()
+        elif name == "tool":
+            self.tool_result(arg)
         elif name == "params":
             for k, v in self.params.model_dump().items():
                 self.err.write(f"  {k} = {v}\n")
@@ -141,6 +172,32 @@ class ChatSession:
             raise EdgeChatError(f"unknown command /{name}: /help lists them "
                                 f"(parameters: {', '.join(FIELDS)})")
         return True
+
+
+def _read_json(path: Path, option: str):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EdgeChatError(f"{option}: no such file: {path}") from None
+    except (OSError, ValueError) as e:
+        raise EdgeChatError(f"{option}: {path} is not a JSON file ({e})") from None
+
+
+def structure_options(json_schema: Path | None, tools: Path | None
+                      ) -> tuple[dict | None, list | None]:
+    """(response_format, tools) from --json-schema FILE and --tools FILE, validated."""
+    rf = tool_list = None
+    if json_schema is not None:
+        rf = {"type": "json_schema", "json_schema": {
+            "name": Path(json_schema).stem, "schema": _read_json(json_schema, "--json-schema"),
+            "strict": True}}
+        check_response_format(rf)
+    if tools is not None:
+        tool_list = _read_json(tools, "--tools")
+        if isinstance(tool_list, dict) and "tools" in tool_list:
+            tool_list = tool_list["tools"]
+        parse_tools(tool_list)
+    return rf, tool_list
 
 
 def read_message(prompt: str = ">>> ") -> str:

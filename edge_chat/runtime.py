@@ -33,4 +33,12 @@ def open_chat(spec: str | None, options: EngineOptions | None = None, *,
     if note and warn:
         warn(note)
     return ChatModel(engine, template, context_policy=context_policy,
-                     allow_special=allow_special)
+                     allow_special=allow_special, constrain=grammar_processors(engine))
+
+
+def grammar_processors(engine):
+    """What ChatModel calls to enforce a Grammar on `engine` (None: it cannot)."""
+    if not engine.capabilities.logits_processors:
+        return None
+    from edge_chat.engines.grammar import GrammarProcessor
+    return lambda grammar: GrammarProcessor(engine, grammar.lark, grammar.param)

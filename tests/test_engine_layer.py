@@ -43,7 +43,6 @@ def test_declares_the_protocol_and_capabilities(engine):
     caps = engine.capabilities
     assert isinstance(caps, Capabilities)
     assert caps.logits_processors and caps.logprobs and caps.eval_many
-    assert caps.gbnf == (engine.info.format == "gguf")
     toks = greedy(engine, engine.tokenize(chatml("What is the capital of France?")))
     assert all(isinstance(t, Token) and t.logprob is None and t.top_logprobs == () for t in toks)
     assert engine.is_eog(toks[-1].id)

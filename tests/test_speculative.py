@@ -154,14 +154,14 @@ def test_processors_and_stop_strings_with_drafts(request, kind, tiny_qa):
         assert c.choices[0].text == answer
         assert c.usage.accepted_prediction_tokens > 0
         assert c.usage.as_dict()["completion_tokens_details"]["rejected_prediction_tokens"] == 0
-        if kind == "gguf":      # the GBNF grammar processor follows verified drafts
-            grammar = model.grammar_for({"type": "json_object"})
-            p = make_params(temperature=0, max_tokens=60)
-            model.engine.speculative = "off"
-            a = model.complete(qa.messages, p, grammar=grammar).choices[0].text
-            model.engine.speculative = "auto"
-            b = model.complete(qa.messages, p, grammar=grammar, prediction=a).choices[0].text
-            assert a == b and a.lstrip().startswith("{")
+        # the grammar processor (llguidance) follows verified drafts, on both engines
+        fmt = {"type": "json_object"}
+        p = make_params(temperature=0, max_tokens=60)
+        model.engine.speculative = "off"
+        a = model.complete(qa.messages, p, response_format=fmt).choices[0].text
+        model.engine.speculative = "auto"
+        b = model.complete(qa.messages, p, response_format=fmt, prediction=a).choices[0].text
+        assert a == b and a.lstrip().startswith("{")
     finally:
         model.engine.close()
 

@@ -6,21 +6,27 @@ builds prompts, matches stops or counts tokens on its own."""
 from __future__ import annotations
 
 import codecs
+import logging
 import time
 from dataclasses import dataclass, field
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from edge_chat.chat.context import check_prompt_bytes, fit_messages
+from edge_chat.chat.grammar import Grammar, response_format_grammar, tools_grammar
 from edge_chat.chat.messages import normalize_messages
 from edge_chat.chat.params import SamplingParams
 from edge_chat.chat.roles import RoleSeparator
 from edge_chat.chat.stops import StopMatcher
 from edge_chat.chat.template import ChatTemplate
+from edge_chat.chat.tool_parse import ToolParser
+from edge_chat.chat.tools import ToolCall, ToolSpec, parse_tools, require_family, tool_family
 from edge_chat.errors import ContextLengthExceeded, EdgeChatError
 
+log = logging.getLogger("edge_chat.tools")
+
 if TYPE_CHECKING:
-    from edge_chat.engines.base import Engine, LogitsProcessor
+    from edge_chat.engines.base import Engine, LogitsProcessor, Token
 
 
 @dataclass
@@ -54,6 +60,15 @@ class Stats:
 
 
 @dataclass
+class TokenLogprob:
+    """One generated token's log probability, and its best alternatives."""
+    token: str                 # its text (bytes decoded, a partial UTF-8 character replaced)
+    bytes: bytes
+    logprob: float
+    top: list["TokenLogprob"] = field(default_factory=list)
+
+
+@dataclass
 class Event:
     """A piece of a streamed answer. The last event of each choice has a
     finish_reason; the very last of the call also carries `usage`."""
@@ -62,6 +77,8 @@ class Event:
     finish_reason: str | None = None
     usage: "Usage | None" = None
     stats: Stats | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)   # whole calls, in order
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # the tokens behind this event
 
 
 @dataclass
@@ -90,6 +107,8 @@ class Choice:
     index: int
     text: str
     finish_reason: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None      # when asked for
 
 
 @dataclass
@@ -104,8 +123,11 @@ class ChatModel:
     """One engine plus its chat template and context policy."""
 
     def __init__(self, engine: "Engine", template: ChatTemplate | None = None, *,
-                 context_policy: str = "truncate", allow_special: bool = False):
+                 context_policy: str = "truncate", allow_special: bool = False,
+                 constrain: "Callable[[Grammar], LogitsProcessor] | None" = None):
         self.engine = engine
+        #: a fresh LogitsProcessor that enforces a grammar (one per generation)
+        self.constrain = constrain
         self.info = engine.info
         self.template = template
         self.context_policy = context_policy
@@ -118,10 +140,24 @@ class ChatModel:
         return self.info.n_ctx
 
     # -- prompt -------------------------------------------------------------
-    def render(self, messages: list[dict], tools: list | None = None) -> str:
+    def render(self, messages: list[dict], tools: "list | ToolSpec | None" = None) -> str:
         if self.template is None:
             raise ValueError("this model was opened without a chat template")
-        return self.template.render(messages, add_generation_prompt=True, tools=tools)
+        spec = self.tool_spec(tools)
+        listed = spec.tools if spec is not None and spec.active else None
+        return self.template.render(messages, add_generation_prompt=True, tools=listed)
+
+    def tool_spec(self, tools: "list | ToolSpec | None") -> ToolSpec | None:
+        """`tools` validated (a list of OpenAI tools means tool_choice "auto")."""
+        spec = tools if isinstance(tools, ToolSpec) or tools is None else parse_tools(tools)
+        if spec is not None and spec.active:
+            self.tool_family()
+        return spec
+
+    def tool_family(self) -> str:
+        """The call format this model writes (400 when its template takes no tools)."""
+        return require_family(self.template.source if self.template else None,
+                              self.info.arch, self.info.name)
 
     def tokenize_prompt(self, text: str, messages: list[dict] | None = None,
                         tools: list | None = None) -> list[int]:
@@ -136,11 +172,11 @@ class ChatModel:
         return self._roles.tokenize(lambda m: self.render(m, tools), messages, text, skip,
                                     add_bos)
 
-    def count_tokens(self, messages: list[dict], tools: list | None = None) -> int:
+    def count_tokens(self, messages: list[dict], tools: "list | ToolSpec | None" = None) -> int:
         return len(self.tokenize_prompt(self.render(messages, tools), messages, tools))
 
-    def prepare(self, messages: list, params: SamplingParams, tools: list | None = None,
-                policy: str | None = None) -> Prompt:
+    def prepare(self, messages: list, params: SamplingParams,
+                tools: "list | ToolSpec | None" = None, policy: str | None = None) -> Prompt:
         msgs = normalize_messages(messages)
         check_prompt_bytes(msgs, self.n_ctx, policy or self.context_policy)
         kept, dropped = fit_messages(msgs, lambda m: self.count_tokens(m, tools), self.n_ctx,
@@ -160,17 +196,28 @@ class ChatModel:
         return Prompt([], text, tokens)
 
     # -- generation ---------------------------------------------------------
-    def stream(self, messages: list, params: SamplingParams, tools: list | None = None,
+    def stream(self, messages: list, params: SamplingParams,
+               tools: "list | ToolSpec | None" = None,
                policy: str | None = None, prompt: Prompt | None = None,
-               grammar: "LogitsProcessor | None" = None,
+               response_format: dict | None = None, logprobs: int | None = None,
                processors: "Sequence[LogitsProcessor]" = (),
                prediction: str | None = None) -> Iterator[Event]:
         """Events for choice 0, then choice 1, ... (n choices in turn).
-        `grammar` (from `grammar_for`) and `processors` constrain each logits
-        row before sampling; `prediction` is the text the answer is expected
-        to repeat (OpenAI's Predicted Outputs: drafts for speculative decoding)."""
-        processors = (*processors, grammar) if grammar is not None else tuple(processors)
+
+        With `tools` (not tool_choice "none") the text is parsed for the model's
+        tool calls: they come as Event.tool_calls, never as text, and the choice
+        finishes with "tool_calls"; tool_choice "required" or a named function,
+        and `response_format` json_object / json_schema, constrain the sampling
+        to a grammar. `logprobs` k: each Event carries its tokens' log
+        probabilities with k alternatives. `processors` constrain each logits row
+        too; `prediction` is the text the answer is expected to repeat (OpenAI's
+        Predicted Outputs: drafts for speculative decoding)."""
         prompt = prompt or self.prepare(messages, params, tools, policy)
+        spec = self.tool_spec(tools)
+        grammar = self.grammar(spec, response_format)
+        if logprobs is not None and not self.engine.capabilities.logprobs:
+            raise EdgeChatError(f"the {self.info.format} engine gives no logprobs",
+                                param="logprobs")
         total = Usage(len(prompt.tokens), 0)
         predicted = None
         if prediction:
@@ -181,7 +228,13 @@ class ChatModel:
             if params.n > 1 and params.seed is not None:
                 p = params.model_copy(update={"seed": (params.seed + i) % 2**32})
             stats = Stats(prompt_tokens=len(prompt.tokens))
-            for ev in self._one(prompt.tokens, p, i, stats, processors, predicted):
+            events = self._one(prompt.tokens, p, i, stats, grammar, logprobs, processors,
+                               predicted)
+            family = tool_family(self.template.source if self.template else None,
+                                 self.info.arch) if spec is not None else None
+            if family is not None:
+                events = self._tool_events(events, spec, family)
+            for ev in events:
                 if ev.finish_reason is not None:
                     total.completion_tokens += stats.completion_tokens
                     if predicted is not None:
@@ -193,40 +246,90 @@ class ChatModel:
                         ev.usage = total
                 yield ev
 
-    def complete(self, messages: list, params: SamplingParams, tools: list | None = None,
+    def complete(self, messages: list, params: SamplingParams,
+                 tools: "list | ToolSpec | None" = None,
                  policy: str | None = None, prompt: Prompt | None = None,
-                 grammar: "LogitsProcessor | None" = None,
+                 response_format: dict | None = None, logprobs: int | None = None,
                  processors: "Sequence[LogitsProcessor]" = (),
                  prediction: str | None = None) -> Completion:
         prompt = prompt or self.prepare(messages, params, tools, policy)
         texts: dict[int, list[str]] = {}
+        calls: dict[int, list[ToolCall]] = {}
+        lps: dict[int, list[TokenLogprob]] = {}
         choices, stats, usage = [], [], None
-        for ev in self.stream(messages, params, tools, policy, prompt=prompt, grammar=grammar,
+        for ev in self.stream(messages, params, tools, policy, prompt=prompt,
+                              response_format=response_format, logprobs=logprobs,
                               processors=processors, prediction=prediction):
             texts.setdefault(ev.index, []).append(ev.delta)
+            calls.setdefault(ev.index, []).extend(ev.tool_calls)
+            lps.setdefault(ev.index, []).extend(ev.logprobs)
             if ev.finish_reason is not None:
-                choices.append(Choice(ev.index, "".join(texts[ev.index]), ev.finish_reason))
+                choices.append(Choice(ev.index, "".join(texts[ev.index]), ev.finish_reason,
+                                      calls[ev.index],
+                                      lps[ev.index] if logprobs is not None else None))
                 stats.append(ev.stats)
                 usage = ev.usage or usage
         return Completion(choices, usage, prompt, stats)
 
+    def grammar(self, tools: "list | ToolSpec | None", response_format: dict | None
+                ) -> Grammar | None:
+        """The grammar the answer must follow (None: free text); checks that the
+        engine can apply one."""
+        spec = self.tool_spec(tools)
+        g = tools_grammar(spec, self.tool_family()) if spec is not None and spec.forced else None
+        g = g or response_format_grammar(response_format)
+        if g is not None and self.constrain is None:
+            raise EdgeChatError(f"constrained output ({g.param}) is not available for "
+                                f"this {self.info.format} model", param=g.param)
+        return g
+
     def grammar_for(self, response_format: dict | None) -> "LogitsProcessor | None":
-        """The engine's grammar processor for an OpenAI `response_format`
-        (None: plain text)."""
-        if response_format is None or (isinstance(response_format, dict)
-                                       and response_format.get("type") == "text"):
-            return None
-        if not self.engine.capabilities.gbnf:
-            raise EdgeChatError(f"constrained output (response_format) is not supported by "
-                                f"the {self.info.format} engine; use a GGUF model",
-                                param="response_format")
-        return self.engine.grammar_for(response_format)
+        """A fresh processor enforcing an OpenAI `response_format` (None: plain text)."""
+        g = self.grammar(None, response_format)
+        return self.constrain(g) if g is not None else None
 
     def cancel(self) -> None:
         self.engine.cancel()
 
-    def _one(self, tokens: list[int], params: SamplingParams, index: int,
-             stats: Stats, processors: "Sequence[LogitsProcessor]" = (),
+    def _tool_events(self, events: Iterator[Event], spec: ToolSpec, family: str
+                     ) -> Iterator[Event]:
+        """One choice's events with the tool calls parsed out of the text (with
+        tool_choice "none" a call the model writes anyway is dropped, not shown as text)."""
+        parser = ToolParser(family, spec.allowed(), spec.parallel, spec.forced)
+        for ev in events:
+            pieces = parser.feed(ev.delta)
+            if ev.finish_reason is not None:
+                pieces += parser.finish()
+            lps = ev.logprobs
+            for piece in pieces:
+                if isinstance(piece, ToolCall):
+                    if not spec.active:
+                        log.warning("tool_choice is 'none': dropped a call of %s", piece.name)
+                        parser.calls.remove(piece)
+                        continue
+                    yield Event(ev.index, tool_calls=[piece], logprobs=lps)
+                else:
+                    yield Event(ev.index, piece, logprobs=lps)
+                lps = []
+            if ev.finish_reason is not None:
+                if ev.finish_reason == "stop" and parser.calls:
+                    ev.finish_reason = "tool_calls"
+                ev.delta, ev.logprobs = "", lps
+                yield ev
+            elif lps:
+                yield Event(ev.index, logprobs=lps)
+
+    def _logprob(self, tok: "Token") -> TokenLogprob:
+        def entry(t: int, lp: float) -> TokenLogprob:
+            b = self.engine.token_bytes(t)
+            return TokenLogprob(b.decode("utf-8", "replace"), b, lp)
+        out = entry(tok.id, tok.logprob)
+        out.top = [entry(t, lp) for t, lp in tok.top_logprobs]
+        return out
+
+    def _one(self, tokens: list[int], params: SamplingParams, index: int, stats: Stats,
+             grammar: Grammar | None = None, logprobs: int | None = None,
+             processors: "Sequence[LogitsProcessor]" = (),
              prediction: list[int] | None = None) -> Iterator[Event]:
         engine = self.engine
         room = self.n_ctx - len(tokens)
@@ -235,22 +338,25 @@ class ChatModel:
         utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         finish = "stop"
         t0 = time.perf_counter()
-        gen = engine.generate(tokens, params, processors=processors, prediction=prediction)
+        if grammar is not None:
+            processors = (*processors, self.constrain(grammar))
+        gen = engine.generate(tokens, params, processors=tuple(processors), logprobs=logprobs,
+                              prediction=prediction)
         try:
             if limit <= 0:
                 finish = "length"
             else:
-                for token in gen:
-                    tok = token.id
+                for tok in gen:
                     if stats.completion_tokens == 0:
                         stats.ttft = time.perf_counter() - t0
                         stats.cached_tokens = len(tokens) - engine.n_prompt_evaluated
-                    if engine.is_eog(tok):
+                    if engine.is_eog(tok.id):
                         break
                     stats.completion_tokens += 1
-                    text = stops.feed(utf8.decode(engine.token_bytes(tok)))
-                    if text:
-                        yield Event(index, text)
+                    text = stops.feed(utf8.decode(engine.token_bytes(tok.id)))
+                    lps = [self._logprob(tok)] if logprobs is not None else []
+                    if text or lps:
+                        yield Event(index, text, logprobs=lps)
                     if stops.hit is not None:
                         break
                     if stats.completion_tokens >= limit:

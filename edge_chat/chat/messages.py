@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_chat.atomic import write_json_atomic
+from edge_chat.chat.tools import check_tool_history
 from edge_chat.errors import EdgeChatError
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -18,9 +19,13 @@ def _content_text(content: Any, where: str) -> str:
     if isinstance(content, list):
         parts = []
         for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" \
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            if kind in ("image_url", "input_image", "image", "input_audio", "file"):
+                raise EdgeChatError(f"{where}.content[{j}]: a '{kind}' part cannot be read by "
+                                    "a text-only model: send text parts only",
+                                    param=f"{where}.content")
+            if not isinstance(part, dict) or kind != "text" \
                     or not isinstance(part.get("text"), str):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
                 raise EdgeChatError(
                     f"{where}.content[{j}]: only text parts are supported (got {kind!r})",
                     param=f"{where}.content")
@@ -56,6 +61,7 @@ def normalize_messages(messages: Any) -> list[dict]:
             if m.get(key) is not None:
                 msg[key] = m[key]
         out.append(msg)
+    check_tool_history(out, messages)
     return out
 
 

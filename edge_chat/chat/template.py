@@ -10,6 +10,7 @@ from pathlib import Path
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from edge_chat.chat.tools import template_messages
 from edge_chat.errors import EdgeChatError
 
 CHATML = (
@@ -114,7 +115,8 @@ class ChatTemplate:
                tools: list | None = None) -> str:
         if not self.handles_tools and any(m["role"] == "tool" for m in messages):
             raise EdgeChatError("this model's chat template has no 'tool' role", param="messages")
-        ctx = {"messages": messages, "add_generation_prompt": add_generation_prompt,
+        ctx = {"messages": template_messages(messages),
+               "add_generation_prompt": add_generation_prompt,
                "bos_token": self.bos_token, "eos_token": self.eos_token}
         if tools:
             ctx["tools"] = tools

@@ -41,7 +41,6 @@ class Capabilities:
     logprobs: bool = False              # generate() fills Token.logprob/top_logprobs
     eval_many: bool = False             # evaluates k tokens with logits for each and
                                         # trims the KV cache (speculative decoding)
-    gbnf: bool = False                  # grammar_for(response_format) gives a processor
 
 
 DEFAULT_MAX_CTX = 4096

@@ -15,7 +15,7 @@ import numpy as np
 from edge_chat.engines.base import Capabilities, ModelInfo, default_n_ctx
 from edge_chat.engines.decode import LocalEngine
 from edge_chat.engines.gguf_file import fit_gpu_layers, parse_size, read_gguf
-from edge_chat.engines.gguf_sampling import ChainSampler, GrammarProcessor
+from edge_chat.engines.gguf_sampling import ChainSampler
 from edge_chat.errors import EdgeChatError, ModelLoadError
 from edge_chat.store import model_name
 from edge_chat.system import physical_cores
@@ -78,8 +78,7 @@ def _last_log() -> str:
 class GGUFEngine(LocalEngine):
     """One llama.cpp model and context (one sequence). One generation at a time."""
 
-    capabilities = Capabilities(logits_processors=True, logprobs=True, eval_many=True,
-                                gbnf=True)
+    capabilities = Capabilities(logits_processors=True, logprobs=True, eval_many=True)
 
     def __init__(self, path: Path, *, n_ctx: int | None = None, threads: int | None = None,
                  gpu_layers: int | str | None = 0, vram: str | int | None = None,
@@ -226,13 +225,6 @@ class GGUFEngine(LocalEngine):
         self.kv.trim(n)
         return n
 
-    def grammar_for(self, response_format: dict) -> GrammarProcessor | None:
-        """A LogitsProcessor for an OpenAI `response_format` (None for text)."""
-        grammar = response_format_grammar(response_format)
-        if grammar is None:
-            return None
-        return GrammarProcessor(self._lc, self._vocab, self.n_vocab, grammar)
-
     def _free(self) -> None:
         lc = getattr(self, "_lc", None)
         if lc is None:
@@ -252,32 +244,3 @@ class GGUFEngine(LocalEngine):
             self.close()
         except Exception:  # noqa: BLE001  interpreter shutting down
             pass
-
-
-def response_format_grammar(response_format: dict | None) -> str | None:
-    """GBNF text for an OpenAI `response_format` (None for plain text):
-    json_object → llama.cpp's JSON grammar; json_schema → the schema converted
-    by llama.cpp. Bad shapes raise EdgeChatError(param="response_format")."""
-    import json
-
-    if response_format is None:
-        return None
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
-    if kind == "text":
-        return None
-    from llama_cpp import llama_grammar
-    if kind == "json_object":
-        return llama_grammar.JSON_GBNF
-    if kind == "json_schema":
-        spec = response_format.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise EdgeChatError("response_format.json_schema.schema must be a JSON schema object",
-                                param="response_format")
-        try:
-            return llama_grammar.json_schema_to_gbnf(json.dumps(schema))
-        except Exception as e:  # the converter raises bare Exceptions on unsupported schemas
-            raise EdgeChatError(f"response_format: unsupported JSON schema ({e})",
-                                param="response_format") from None
-    raise EdgeChatError("response_format.type must be 'text', 'json_object' or 'json_schema'",
-                        param="response_format")

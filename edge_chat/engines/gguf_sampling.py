@@ -1,14 +1,12 @@
 """llama.cpp's samplers over numpy logits rows (GGUF engine): the sampler chain
-for SamplingParams, and a GBNF grammar as a LogitsProcessor.
+for SamplingParams (grammars are engines/grammar.py's, for both engines).
 
-Both run on a `llama_token_data_array` filled from a row through a numpy view of
-its ctypes buffer (ids 0..n_vocab-1 in order, so a sampler that only masks - the
-grammar - leaves the logits where the row has them)."""
+It runs on a `llama_token_data_array` filled from a row through a numpy view of
+its ctypes buffer (ids 0..n_vocab-1 in order)."""
 
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -102,37 +100,3 @@ class ChainSampler:
             self._lc.llama_sampler_free(chain)
 
     __del__ = close         # a generate() that was never iterated
-
-
-class GrammarProcessor:
-    """A GBNF grammar (llama.cpp's grammar sampler) as a LogitsProcessor: -inf on
-    every token the grammar forbids after the tokens generated so far."""
-
-    def __init__(self, lc, vocab, n_vocab: int, grammar: str):
-        self._lc = lc
-        self._sampler = lc.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
-        if not self._sampler:
-            raise EdgeChatError("response_format: llama.cpp cannot parse the grammar",
-                                param="response_format")
-        self._cand = Candidates(lc, n_vocab)
-        self._seen: list[int] = []
-
-    def __call__(self, tokens: Sequence[int], row: np.ndarray) -> None:
-        lc = self._lc
-        n = len(self._seen)
-        if len(tokens) < n or list(tokens[:n]) != self._seen:
-            lc.llama_sampler_reset(self._sampler)       # rolled back: replay from the start
-            self._seen, n = [], 0
-        for t in tokens[n:]:
-            lc.llama_sampler_accept(self._sampler, int(t))
-            self._seen.append(int(t))
-        c = self._cand
-        c.fill(row)
-        lc.llama_sampler_apply(self._sampler, c.ref)
-        m = c.data.shape[0]
-        row[:m] = c.data["logit"]
-
-    def __del__(self) -> None:
-        s, self._sampler = getattr(self, "_sampler", None), None
-        if s:
-            self._lc.llama_sampler_free(s)

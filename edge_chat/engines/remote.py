@@ -12,9 +12,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from edge_chat.chat.completion import Event, Prompt, Stats, Usage
+from edge_chat.chat.completion import Event, Prompt, Stats, TokenLogprob, Usage
 from edge_chat.chat.messages import normalize_messages
 from edge_chat.chat.params import SamplingParams
+from edge_chat.chat.tools import ToolCall, ToolSpec, new_call_id, parse_tools
 from edge_chat.engines.base import ModelInfo
 from edge_chat.errors import EdgeChatError, ModelNotFound
 
@@ -123,7 +124,12 @@ class RemoteChat:
         """Validated messages; the server builds (and fits) the prompt itself."""
         return Prompt(normalize_messages(messages), "", [])
 
-    def body(self, messages: list[dict], params: SamplingParams, tools: list | None) -> dict:
+    def grammar(self, tools, response_format) -> None:
+        """Constrained output is the server's business (it answers 400 if it cannot)."""
+        return None
+
+    def body(self, messages: list[dict], params: SamplingParams, tools: "list | ToolSpec | None",
+             response_format: dict | None = None, logprobs: int | None = None) -> dict:
         p = params
         b: dict = {"model": self.model, "messages": messages, "stream": True,
                    "temperature": p.temperature, "top_p": p.top_p,
@@ -141,8 +147,18 @@ class RemoteChat:
             b["n"] = p.n
         if p.logit_bias:
             b["logit_bias"] = {str(t): v for t, v in p.logit_bias.items()}
-        if tools:
-            b["tools"] = tools
+        spec = tools if isinstance(tools, ToolSpec) or tools is None else parse_tools(tools)
+        if spec is not None:
+            b["tools"] = spec.tools
+            b["tool_choice"] = spec.choice if spec.choice != "function" else \
+                {"type": "function", "function": {"name": spec.name}}
+            if not spec.parallel:
+                b["parallel_tool_calls"] = False
+        if response_format is not None:
+            b["response_format"] = response_format
+        if logprobs is not None:
+            b["logprobs"] = True
+            b["top_logprobs"] = logprobs
         for k, neutral in _NEUTRAL.items():
             if getattr(p, k) != neutral:
                 b[k] = getattr(p, k)
@@ -172,20 +188,19 @@ class RemoteChat:
             body = {k: v for k, v in body.items() if k not in refused}
         raise err
 
-    def stream(self, messages: list, params: SamplingParams, tools: list | None = None,
+    def stream(self, messages: list, params: SamplingParams, tools: "list | ToolSpec | None" = None,
                policy: str | None = None, prompt: Prompt | None = None,
-               grammar: str | None = None) -> Iterator[Event]:
-        """Events like ChatModel.stream: deltas as they come, then one finishing
-        Event per choice, the last with `usage`."""
-        if grammar is not None:
-            raise EdgeChatError("GBNF grammars cannot be sent to a remote server",
-                                param="response_format")
+               response_format: dict | None = None, logprobs: int | None = None
+               ) -> Iterator[Event]:
+        """Events like ChatModel.stream: deltas as they come (tool calls once
+        each is complete), then one finishing Event per choice, the last with `usage`."""
         msgs = prompt.messages if prompt is not None else normalize_messages(messages)
         t0 = time.perf_counter()
         ttft, chunks = 0.0, {}
         finish: dict[int, str] = {}
+        calls: dict[int, dict[int, dict]] = {}      # choice -> call index -> accumulated call
         usage = None
-        r = self._response = self._open(self.body(msgs, params, tools))
+        r = self._response = self._open(self.body(msgs, params, tools, response_format, logprobs))
         try:
             for line in r.iter_lines():
                 if not line.startswith("data:"):
@@ -204,14 +219,23 @@ class RemoteChat:
                 usage = obj.get("usage") or usage
                 for ch in obj.get("choices") or []:
                     i = ch.get("index", 0)
-                    text = (ch.get("delta") or {}).get("content") or ""
-                    if text:
+                    delta = ch.get("delta") or {}
+                    text = delta.get("content") or ""
+                    lps = _logprobs(ch.get("logprobs"))
+                    if text or lps:
                         if not chunks:
                             ttft = time.perf_counter() - t0
                         chunks[i] = chunks.get(i, 0) + 1
-                        yield Event(i, text)
+                        yield Event(i, text, logprobs=lps)
+                    for part in delta.get("tool_calls") or []:
+                        _add_call(calls.setdefault(i, {}), part)
                     if ch.get("finish_reason"):
                         finish[i] = ch["finish_reason"]
+                        done = calls.pop(i, {})
+                        if done:
+                            yield Event(i, tool_calls=[ToolCall(c["name"], c["arguments"] or "{}",
+                                                                c["id"] or new_call_id())
+                                                       for _, c in sorted(done.items())])
         except (self.engine._httpx.HTTPError, self.engine._httpx.StreamError) as e:
             if self._response is None:      # cancel() closed it
                 finish = finish or {0: "stop"}
@@ -240,6 +264,29 @@ class RemoteChat:
         r, self._response = self._response, None
         if r is not None:
             r.close()
+
+
+def _add_call(calls: dict[int, dict], part: dict) -> None:
+    """Accumulate one streamed `delta.tool_calls` entry (id and name first,
+    then argument fragments)."""
+    k = part.get("index", len(calls))
+    c = calls.setdefault(k, {"id": None, "name": "", "arguments": ""})
+    fn = part.get("function") or {}
+    c["id"] = part.get("id") or c["id"]
+    c["name"] += fn.get("name") or ""
+    c["arguments"] += fn.get("arguments") or ""
+
+
+def _logprobs(lp: dict | None) -> list[TokenLogprob]:
+    def one(e: dict) -> TokenLogprob:
+        b = bytes(e.get("bytes") or []) or str(e.get("token", "")).encode()
+        return TokenLogprob(str(e.get("token", "")), b, float(e.get("logprob", 0.0)))
+    out = []
+    for e in (lp or {}).get("content") or []:
+        t = one(e)
+        t.top = [one(a) for a in e.get("top_logprobs") or []]
+        out.append(t)
+    return out
 
 
 def open_remote(base_url: str, model: str | None = None, api_key: str | None = None

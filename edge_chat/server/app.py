@@ -19,7 +19,7 @@ from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge_chat import __version__
-from edge_chat.chat.completion import ChatModel, Event
+from edge_chat.chat.completion import ChatModel, Choice, Event
 from edge_chat.chat.context import check_prompt_bytes
 from edge_chat.errors import EdgeChatError
 from edge_chat.server.guard import Guard, HostPolicy
@@ -157,7 +157,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     @v1.post("/chat/completions")
     async def chat_completions(request: Request):
         req, params = parse(ChatRequest, await request.body())
-        messages, tools, prediction = req.messages, req.tools, req.prediction_text()
+        messages, tools, prediction = req.messages, req.tool_spec, req.prediction_text()
 
         def check(n_ctx: int) -> None:
             check_prompt_bytes(messages, n_ctx, "error")
@@ -167,10 +167,11 @@ def create_app(config: ServerConfig) -> FastAPI:
                 raise EdgeChatError(f"the model '{model.info.name}' has no chat template: use "
                                     "/v1/completions, or start the server with --chat-template",
                                     param="model")
-            grammar = model.grammar_for(req.response_format)
+            model.grammar(tools, req.response_format)        # 400s before any work
             prompt = model.prepare(messages, params, tools)
-            yield from model.stream(None, params, prompt=prompt, grammar=grammar,
-                                    prediction=prediction)
+            yield from model.stream(None, params, tools, prompt=prompt,
+                                    response_format=req.response_format,
+                                    logprobs=req.n_logprobs, prediction=prediction)
 
         return await respond(request, req, run, check, chat=True)
 
@@ -184,7 +185,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
         def run(model: ChatModel) -> Iterator[Event]:
             prompt = model.prepare_text(text, params)
-            yield from model.stream(None, params, prompt=prompt)
+            yield from model.stream(None, params, prompt=prompt, logprobs=req.n_logprobs)
 
         return await respond(request, req, run, check, chat=False,
                              echo=text if req.echo else "")
@@ -197,7 +198,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         reader = Reader(request, entry, job)
         try:
             first = await reader.get(watch=True)     # errors before any output → JSON error
-            shaper = Shaper(name, chat)
+            shaper = Shaper(name, chat, logprobs=req.n_logprobs is not None)
             if req.stream:
                 return EventSourceResponse(stream(shaper, reader, first, include_usage, echo),
                                            sep="\n")
@@ -208,22 +209,24 @@ def create_app(config: ServerConfig) -> FastAPI:
             reader.stop()
             raise
         try:
-            texts: dict[int, list[str]] = {}
-            finish: dict[int, str] = {}
+            choices: dict[int, Choice] = {}
             usage = None
             ev = first
             while ev is not None:
-                texts.setdefault(ev.index, [echo]).append(ev.delta)
+                c = choices.setdefault(ev.index, Choice(ev.index, "", "stop", logprobs=[]))
+                c.text += ev.delta
+                c.tool_calls += ev.tool_calls
+                c.logprobs += ev.logprobs
                 if ev.finish_reason is not None:
-                    finish[ev.index] = ev.finish_reason
+                    c.finish_reason = ev.finish_reason
                     usage = ev.usage or usage
                 ev = await reader.get(watch=True)
         except ClientGone:
             return Response(status_code=499)
         finally:
             reader.stop()
-        choices = [(i, "".join(texts[i]), finish.get(i, "stop")) for i in sorted(texts)]
-        return shaper.full(choices, usage.as_dict() if usage else None)
+        return shaper.full([choices[i] for i in sorted(choices)],
+                           usage.as_dict() if usage else None, echo)
 
     async def stream(shaper: Shaper, reader: Reader, first: Event | None, include_usage: bool,
                      echo: str):
@@ -239,8 +242,12 @@ def create_app(config: ServerConfig) -> FastAPI:
                                                  with_usage=include_usage))
                     elif echo:
                         yield _data(shaper.chunk(ev.index, echo, with_usage=include_usage))
-                if ev.delta:
-                    yield _data(shaper.chunk(ev.index, ev.delta, with_usage=include_usage))
+                if ev.delta or ev.logprobs:
+                    yield _data(shaper.chunk(ev.index, ev.delta, with_usage=include_usage,
+                                             logprobs=ev.logprobs))
+                for call in ev.tool_calls:
+                    for c in shaper.tool_call_chunks(ev.index, call, include_usage):
+                        yield _data(c)
                 if ev.finish_reason is not None:
                     yield _data(shaper.chunk(ev.index, None, ev.finish_reason,
                                              with_usage=include_usage))

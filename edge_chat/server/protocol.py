@@ -11,11 +11,14 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PrivateAttr, ValidationError
 
 from edge_chat import __version__
+from edge_chat.chat.completion import Choice, TokenLogprob
+from edge_chat.chat.grammar import check_response_format
 from edge_chat.chat.messages import normalize_messages
 from edge_chat.chat.params import SamplingParams, chat_params
+from edge_chat.chat.tools import ToolCall, ToolSpec, parse_tools
 from edge_chat.errors import EdgeChatError
 
 FINGERPRINT = f"fp_edge_chat_{__version__}"
@@ -72,13 +75,47 @@ class _Request(BaseModel):
         return bool(opts.get("include_usage"))
 
 
+#: most alternatives a request may ask for per token (OpenAI's limits)
+MAX_TOP_LOGPROBS = 20
+MAX_COMPLETION_LOGPROBS = 5
+
+
 class ChatRequest(_Request):
     messages: Any = None
     max_completion_tokens: Int | None = None
-    response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
+    response_format: Any = None
+    tools: Any = None
     tool_choice: Any = None
+    parallel_tool_calls: Any = None
+    logprobs: bool | None = None
+    top_logprobs: Int | None = None
     prediction: Any = None
+    # accepted and ignored: metadata, store, service_tier, ...
+    _tools: ToolSpec | None = PrivateAttr(None)
+
+    @property
+    def tool_spec(self) -> ToolSpec | None:
+        return self._tools
+
+    @property
+    def n_logprobs(self) -> int | None:
+        """None: no logprobs; k: the chosen token's and k alternatives."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def check(self) -> None:
+        """The fields a ChatRequest validates beyond their types."""
+        if self.messages is None:
+            raise EdgeChatError("'messages' is required", param="messages")
+        self.messages = normalize_messages(self.messages)
+        self._tools = parse_tools(self.tools, self.tool_choice, self.parallel_tool_calls)
+        check_response_format(self.response_format)
+        k = self.top_logprobs
+        if k is not None:
+            if not 0 <= k <= MAX_TOP_LOGPROBS:
+                raise EdgeChatError(f"invalid 'top_logprobs': must be between 0 and "
+                                    f"{MAX_TOP_LOGPROBS}", param="top_logprobs")
+            if not self.logprobs:
+                raise EdgeChatError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
 
     def prediction_text(self) -> str | None:
         """Predicted Outputs: {"type": "content", "content": str | [text parts]}."""
@@ -113,6 +150,23 @@ class ChatRequest(_Request):
 class CompletionRequest(_Request):
     prompt: str | list[str] | None = None
     echo: bool | None = None
+    logprobs: Int | None = None
+    suffix: str | None = None
+
+    def _max_tokens(self) -> int | None:
+        return 16 if self.max_tokens is None else self.max_tokens     # OpenAI's default
+
+    @property
+    def n_logprobs(self) -> int | None:
+        return self.logprobs
+
+    def check(self) -> None:
+        self.text()
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_COMPLETION_LOGPROBS:
+            raise EdgeChatError(f"invalid 'logprobs': must be between 0 and "
+                                f"{MAX_COMPLETION_LOGPROBS}", param="logprobs")
+        if self.suffix:
+            raise EdgeChatError("'suffix' (insertion) is not supported", param="suffix")
 
     def text(self) -> str:
         p = self.prompt
@@ -143,25 +197,10 @@ def parse(cls: type[_Request], body: bytes) -> tuple[_Request, SamplingParams]:
             raise EdgeChatError("the request body must be a JSON object") from None
         field = str(e["loc"][0])
         raise EdgeChatError(f"invalid '{field}': {e['msg']}", param=field) from None
-    if isinstance(req, ChatRequest):
-        if req.messages is None:
-            raise EdgeChatError("'messages' is required", param="messages")
-        req.messages = normalize_messages(req.messages)
-        _check_response_format(req.response_format)
-    elif isinstance(req, CompletionRequest):
-        req.text()
+    req.check()
     req.include_usage               # noqa: B018  validated here, before any job starts
     return req, req.params()
 
-
-def _check_response_format(rf: dict | None) -> None:
-    """Its shape, before any job (the engine turns it into a grammar later)."""
-    if rf is None:
-        return
-    kind = rf.get("type")
-    if kind not in ("text", "json_object", "json_schema"):
-        raise EdgeChatError("response_format.type must be 'text', 'json_object' or "
-                            "'json_schema'", param="response_format")
     spec = rf.get("json_schema")
     if kind == "json_schema" and not (isinstance(spec, dict) and isinstance(spec.get("schema"), dict)):
         raise EdgeChatError("response_format.json_schema.schema must be a JSON schema object",
@@ -188,48 +227,109 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
                       "code": code}}
 
 
+def _lp(t: TokenLogprob) -> dict:
+    return {"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes)}
+
+
+def chat_logprobs(entries: list[TokenLogprob]) -> dict:
+    """choices[i].logprobs of a chat completion (or of one chunk)."""
+    return {"content": [{**_lp(t), "top_logprobs": [_lp(a) for a in t.top]} for t in entries],
+            "refusal": None}
+
+
+def text_logprobs(entries: list[TokenLogprob], offset: int = 0) -> dict:
+    """choices[i].logprobs of a legacy completion; `text_offset` indexes the choice's text
+    (which starts with the prompt when `echo`)."""
+    offsets = []
+    for t in entries:
+        offsets.append(offset)
+        offset += len(t.token)
+    return {"tokens": [t.token for t in entries],
+            "token_logprobs": [t.logprob for t in entries],
+            "top_logprobs": [{a.token: a.logprob for a in t.top} for t in entries],
+            "text_offset": offsets}
+
+
 class Shaper:
     """Builds the bodies of one response (chat or text completion)."""
 
-    def __init__(self, model: str, chat: bool):
+    def __init__(self, model: str, chat: bool, logprobs: bool = False):
         self.chat = chat
+        self.logprobs = logprobs
         self.id = new_id("chatcmpl" if chat else "cmpl")
         self.created = now()
         self.model = model
+        self._calls: dict[int, int] = {}        # choice -> tool calls streamed so far
+        self._offsets: dict[int, int] = {}      # choice -> text streamed so far (text_offset)
 
     def _head(self, obj: str) -> dict:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
                 "system_fingerprint": FINGERPRINT}
 
-    def full(self, choices: list[tuple[int, str, str]], usage: dict) -> dict:
-        """The non-streamed response: choices are (index, text, finish_reason)."""
+    def full(self, choices: list[Choice], usage: dict, echo: str = "") -> dict:
+        """The non-streamed response."""
         out = self._head("chat.completion" if self.chat else "text_completion")
-        if self.chat:
-            out["choices"] = [{"index": i, "message": {"role": "assistant", "content": t,
-                                                       "refusal": None},
-                               "logprobs": None, "finish_reason": f} for i, t, f in choices]
-        else:
-            out["choices"] = [{"index": i, "text": t, "logprobs": None, "finish_reason": f}
-                              for i, t, f in choices]
+        rows = []
+        for c in choices:
+            lp = None
+            if self.chat:
+                msg: dict[str, Any] = {"role": "assistant", "refusal": None,
+                                       "content": c.text if c.text or not c.tool_calls else None}
+                if c.tool_calls:
+                    msg["tool_calls"] = [call.as_dict() for call in c.tool_calls]
+                if self.logprobs:
+                    lp = chat_logprobs(c.logprobs or [])
+                rows.append({"index": c.index, "message": msg, "logprobs": lp,
+                             "finish_reason": c.finish_reason})
+            else:
+                if self.logprobs:
+                    lp = text_logprobs(c.logprobs or [], len(echo))
+                rows.append({"index": c.index, "text": echo + c.text, "logprobs": lp,
+                             "finish_reason": c.finish_reason})
+        out["choices"] = rows
         out["usage"] = usage
         return out
 
     def chunk(self, index: int, text: str | None, finish: str | None = None, *,
-              first: bool = False, with_usage: bool = False) -> dict:
+              first: bool = False, with_usage: bool = False,
+              logprobs: list[TokenLogprob] | None = None) -> dict:
         out = self._head("chat.completion.chunk" if self.chat else "text_completion")
+        lp = None
         if self.chat:
             delta: dict[str, Any] = {}
             if first:
                 delta["role"] = "assistant"
             if text is not None:
                 delta["content"] = text
-            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+            if self.logprobs and logprobs:
+                lp = chat_logprobs(logprobs)
+            choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
         else:
-            choice = {"index": index, "text": text or "", "logprobs": None,
+            start = self._offsets.get(index, 0)
+            self._offsets[index] = start + len(text or "")
+            if self.logprobs and logprobs:
+                lp = text_logprobs(logprobs, start)
+            choice = {"index": index, "text": text or "", "logprobs": lp,
                       "finish_reason": finish}
         out["choices"] = [choice]
         if with_usage:
             out["usage"] = None
+        return out
+
+    def tool_call_chunks(self, index: int, call: ToolCall, with_usage: bool = False
+                         ) -> list[dict]:
+        """A call streamed as OpenAI streams it: id, type and name first (arguments ""),
+        then the arguments text."""
+        k = self._calls.get(index, 0)
+        self._calls[index] = k + 1
+        head = {"index": k, "id": call.id, "type": "function",
+                "function": {"name": call.name, "arguments": ""}}
+        args = {"index": k, "function": {"arguments": call.arguments}}
+        out = []
+        for part in (head, args):
+            c = self.chunk(index, None, with_usage=with_usage)
+            c["choices"][0]["delta"]["tool_calls"] = [part]
+            out.append(c)
         return out
 
     def usage_chunk(self, usage: dict) -> dict:

@@ -126,7 +126,7 @@ def run_ui(model: str | None = None, *, host: str = "127.0.0.1", port: int = 786
            auth: tuple[str, str] | None = None, options: EngineOptions | None = None,
            chat_template: str | None = None, context_policy: str = "truncate",
            export_dir: Path | None = None, warn: Callable[[str], None] | None = None,
-           allow_special: bool = False) -> None:
+           allow_special: bool = False, tools: list | None = None) -> None:
     """Load `model` (default: the store's first), serve the page until Ctrl-C."""
     _gradio()                       # a clear error before loading anything
     holder = ModelHolder(options, chat_template=chat_template, context_policy=context_policy,
@@ -136,7 +136,7 @@ def run_ui(model: str | None = None, *, host: str = "127.0.0.1", port: int = 786
     if warn and (status.startswith("error") or name is None):
         warn(status)
     export = Path(export_dir) if export_dir else Path(tempfile.mkdtemp(prefix="edge_chat_ui_"))
-    ui = ChatUI(holder, export)
+    ui = ChatUI(holder, export, tools)
     page = build_page(ui)
     page.queue(default_concurrency_limit=1)
     try:

@@ -56,13 +56,17 @@ class Conversation:
 
     def openai(self, system: str | None = None) -> list[dict]:
         msgs = [{"role": "system", "content": system}] if system and system.strip() else []
-        return msgs + [{"role": m["role"], "content": m["content"]} for m in self.messages]
+        return msgs + [{k: m[k] for k in ("role", "content", "tool_calls") if k in m}
+                       for m in self.messages]
 
     def display(self) -> list[dict]:
         """The turns as gradio Chatbot messages, stats under each answer."""
         out = []
         for m in self.messages:
             text = m["content"]
+            for c in m.get("tool_calls") or []:
+                fn = c["function"]
+                text += f"\n\n🔧 tool call `{fn['name']}({fn['arguments']})`"
             if m.get("footer"):
                 if text.count("```") % 2:          # close an unfinished code block
                     text += "\n```"
@@ -195,9 +199,10 @@ class ModelHolder:
 class ChatUI:
     """The handlers behind the page. Generators yield (conversation, status)."""
 
-    def __init__(self, holder: ModelHolder, export_dir: Path):
+    def __init__(self, holder: ModelHolder, export_dir: Path, tools: list | None = None):
         self.holder = holder
         self.export_dir = Path(export_dir)
+        self.tools = tools          # OpenAI function tools the model may call (shown as calls)
 
     @staticmethod
     def params(temperature: float | None, top_p: float | None, max_tokens: Any,
@@ -239,7 +244,7 @@ class ChatUI:
         try:
             params = self.params(*settings).model_copy(update={"n": 1})
             with self.holder.generation() as model:
-                prompt = model.prepare(conv.openai(system), params)
+                prompt = model.prepare(conv.openai(system), params, self.tools)
                 if prompt.dropped:
                     conv.messages = conv.messages[prompt.dropped:]
                     notes.append(f"context full: dropped the {prompt.dropped} oldest "
@@ -249,13 +254,17 @@ class ChatUI:
                 status = " · ".join(notes) or f"answering with {self.holder.name}…"
                 yield conv, status
                 finish, stats = "stop", None
-                events = model.stream(None, params, prompt=prompt)
+                events = model.stream(None, params, self.tools, prompt=prompt)
                 try:
                     for ev in events:
                         if self.holder.stopping:
                             model.cancel()      # engines clear the flag when they start
                         if ev.delta:
                             reply["content"] += ev.delta
+                            yield conv, status
+                        if ev.tool_calls:
+                            reply.setdefault("tool_calls", []).extend(
+                                c.as_dict() for c in ev.tool_calls)
                             yield conv, status
                         if ev.finish_reason is not None:
                             finish, stats = ev.finish_reason, ev.stats
@@ -266,7 +275,7 @@ class ChatUI:
                     reply["footer"] = footer(stats, model.n_ctx, finish, stopped)
                 if stopped:
                     notes.append("stopped")
-                elif not reply["content"].strip():
+                elif not reply["content"].strip() and not reply.get("tool_calls"):
                     notes.append("the model gave an empty answer (a base model? try "
                                  "--chat-template)")
         except EdgeChatError as e:
