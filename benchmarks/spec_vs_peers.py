@@ -67,7 +67,7 @@ def llama_lookup(llm, model, text: str, max_tokens: int) -> dict:
                            make_params(max_tokens=max_tokens)).tokens
     try:
         g = llama_greedy(llm, tokens, max_tokens, model.engine.is_eog)
-    except ValueError as e:     # seen once: its scores buffer overflowed mid-draft
+    except ValueError as e:     # its scores buffer overflowing (see logits_all below)
         say(f"LlamaPromptLookupDecoding failed: {e}")
         return {"error": str(e)}
     return {"tokens": max(g["n"] - 1, 0), "seconds": g["end"] - g["first"]}
@@ -120,8 +120,11 @@ def main() -> None:
     work = prompts(a)
     opts = EngineOptions(n_ctx=4096, threads=a.threads)
     models = {k: open_chat(str(p), opts) for k, p in paths.items()}
+    # logits_all=True: with a draft model llama-cpp-python needs the scores of every
+    # position but sizes its buffer from this argument (n_batch rows otherwise: past
+    # 512 tokens its generate() fails with a broadcast error)
     llm = llama_cpp.Llama(str(gguf), n_ctx=4096, n_threads=a.threads, n_threads_batch=a.threads,
-                          n_batch=512, verbose=False,
+                          n_batch=512, verbose=False, logits_all=True,
                           draft_model=LlamaPromptLookupDecoding(num_pred_tokens=10))
     mt = a.max_tokens
 
