@@ -1,101 +1,31 @@
-"""The `edge_chat` command: parse, call the library, print. Nothing else."""
+"""The `edge_chat` command: parse, call the library, print. Nothing else.
+
+The chat commands live here (chat, complete, ui, serve, bench); the store's
+(models, info, convert, pull, rm) in cli_store.py; what they share in cli_common.py."""
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from edge_chat.errors import EdgeChatError, printable
-from edge_chat.store import fmt_size
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Offline, quantized chat: convert, chat, serve, ui, models, bench.")
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(text.rstrip("\n") + "\n")
-    sys.stderr.flush()
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (timeout, systemd, docker stop), raised where Ctrl-C would be, so the
-    same clean-up runs."""
-
-
-def _on_sigterm(_signum, _frame):
-    raise Terminated()
-
-
-def command(fn=None, *, sigterm: bool = False):
-    """Register a command whose bad input ends in one line on stderr and exit 1.
-    `sigterm`: SIGTERM is handled like Ctrl-C (partial output removed, exit 143)."""
-    if fn is None:
-        return functools.partial(command, sigterm=sigterm)
-
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        if sigterm:
-            import signal
-            signal.signal(signal.SIGTERM, _on_sigterm)
-        try:
-            return fn(*args, **kwargs)
-        except EdgeChatError as e:
-            _err(f"error: {printable(str(e), 2000)}")
-            raise typer.Exit(1)
-        except Terminated:
-            _err("error: terminated (SIGTERM); partial output removed")
-            raise typer.Exit(143)
-        except KeyboardInterrupt:
-            _err("interrupted")
-            raise typer.Exit(130)
-    return app.command()(run)
-
-
-# -- shared options -----------------------------------------------------------
-ModelArg = typer.Argument(None, help="A .gguf file, an ONNX folder or a name in the store "
-                                     "(default: the store's only model).")
-CtxOpt = typer.Option(None, "--ctx-size", "-c", help="Context window (default: min(trained, 4096)).")
-ThreadsOpt = typer.Option(None, "--threads", "-t", help="CPU threads (default: physical cores).")
-GpuOpt = typer.Option("0", "--gpu-layers", help="GGUF: layers on the GPU: N or 'auto' (with --vram).")
-VramOpt = typer.Option(None, "--vram", help="GGUF: GPU memory budget for --gpu-layers auto, e.g. 4GB.")
-KvOpt = typer.Option("f16", "--kv-type", help="GGUF: KV cache type: f16 or q8_0.")
-MmapOpt = typer.Option(True, "--mmap/--no-mmap", help="GGUF: memory-map the weights.")
-ProviderOpt = typer.Option("cpu", "--provider", help="ONNX: execution provider (cpu, cuda, ...).")
-YesOpt = typer.Option(False, "--yes", "-y", help="Pull a hub id not in the store without asking.")
-SpecOpt = typer.Option("auto", "--speculative", help="Speculative decoding: auto, lookup "
-                       "(prompt lookup), draft (--draft model) or off.")
-DraftOpt = typer.Option(None, "--draft", help="A small draft model with the same vocabulary "
-                        "(GGUF file, ONNX folder or store name) for speculative decoding.")
-TemplateOpt = typer.Option(None, "--chat-template",
-                           help="A Jinja file or a built-in name (chatml, gemma, llama3, phi3, mistral).")
-SpecialOpt = typer.Option(False, "--allow-special-in-content",
-                          help="Let special-token text in messages (<|im_end|>...) act as template "
-                               "markup (default: it is plain text).")
-
-
-def _in_store(spec: Optional[str], yes: bool) -> Optional[str]:
-    """A hub id not in the store: pulled after a question on a terminal, or with --yes."""
-    from edge_chat.hub.pull import ensure_model
-    return ensure_model(spec, yes=yes, interactive=sys.stdin.isatty(),
-                        confirm=lambda q: typer.confirm(q, default=True, err=True))
-
-
-def _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
-                    speculative="auto", draft=None):
-    from edge_chat.engines import EngineOptions
-    if draft is not None:
-        from edge_chat.store import resolve_model
-        try:
-            draft = str(resolve_model(draft))
-        except EdgeChatError as e:
-            raise EdgeChatError(f"draft model: {e}", param="draft") from None
-    return EngineOptions(n_ctx=ctx_size, threads=threads, gpu_layers=gpu_layers, vram=vram,
-                         kv_type=kv_type, mmap=mmap, provider=provider,
-                         speculative=speculative, draft=draft)
+from edge_chat.cli_common import (
+    ContextPolicyOpt,
+    ModelArg,
+    SpecialOpt,
+    TemplateOpt,
+    YesOpt,
+    app,
+    check_policy,
+    command,
+    engine_options,
+    err,
+    in_store,
+)
+from edge_chat.engines import EngineOptions
+from edge_chat.errors import EdgeChatError
 
 
 def _sampling(temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty,
@@ -110,6 +40,7 @@ def _sampling(temperature, top_p, top_k, min_p, presence_penalty, frequency_pena
 
 # -- chat ---------------------------------------------------------------------
 @command
+@engine_options
 def chat(
     model: Optional[str] = ModelArg,
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Answer one message and exit."),
@@ -130,13 +61,9 @@ def chat(
                                                "every answer is JSON valid against it."),
     tools: Optional[Path] = typer.Option(None, "--tools", help="A JSON file with a list of "
                                          "OpenAI function tools the model may call."),
-    context_policy: str = typer.Option("truncate", "--context-policy",
-                                       help="When the window is full: truncate (drop oldest turns) or error."),
+    context_policy: str = ContextPolicyOpt,
     chat_template: Optional[str] = TemplateOpt, allow_special: bool = SpecialOpt,
-    ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
-    mmap: bool = MmapOpt, provider: str = ProviderOpt,
-    speculative: str = SpecOpt, draft: Optional[str] = DraftOpt,
+    engine: EngineOptions = None,
     base_url: Optional[str] = typer.Option(None, "--base-url", help="Chat with a model on an "
                                            "OpenAI-compatible server, e.g. http://host:8000/v1."),
     model_name: Optional[str] = typer.Option(None, "--model", "-m",
@@ -146,11 +73,9 @@ def chat(
     yes: bool = YesOpt,
 ):
     """Chat with a model: a streaming REPL, or one answer (--prompt or piped stdin)."""
-    from edge_chat.chat.context import POLICIES
     from edge_chat.repl import ChatSession, run_repl, structure_options
     from edge_chat.runtime import open_chat
-    if context_policy not in POLICIES:
-        raise EdgeChatError(f"--context-policy must be one of {', '.join(POLICIES)}")
+    check_policy(context_policy)
     params = _sampling(temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty,
                        repeat_penalty, seed, stop, max_tokens, logit_bias)
     response_format, tool_list = structure_options(json_schema, tools)
@@ -163,10 +88,8 @@ def chat(
         from edge_chat.engines.remote import open_remote
         model_ = open_remote(base_url, model_name or model, api_key=api_key)
     else:
-        options = _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
-                                  speculative, draft)
-        model_ = open_chat(_in_store(model, yes), options,
-                           chat_template=chat_template, context_policy=context_policy, warn=_err,
+        model_ = open_chat(in_store(model, yes), engine,
+                           chat_template=chat_template, context_policy=context_policy, warn=err,
                            allow_special=allow_special)
     try:
         session = ChatSession(model_, params, system=system, show_stats=stats, tools=tool_list,
@@ -182,6 +105,7 @@ def chat(
 
 # -- complete -----------------------------------------------------------------
 @command
+@engine_options
 def complete(
     model: Optional[str] = ModelArg,
     text: str = typer.Argument(..., help="The text to continue ('-' reads stdin)."),
@@ -189,10 +113,7 @@ def complete(
     top_k: Optional[int] = typer.Option(None), seed: Optional[int] = typer.Option(None),
     stop: Optional[List[str]] = typer.Option(None, "--stop"),
     max_tokens: int = typer.Option(128, help="Most tokens to add."),
-    ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
-    mmap: bool = MmapOpt, provider: str = ProviderOpt,
-    speculative: str = SpecOpt, draft: Optional[str] = DraftOpt,
+    engine: EngineOptions = None,
 ):
     """Continue a text with no chat template (for base models)."""
     from edge_chat.runtime import open_chat
@@ -200,8 +121,7 @@ def complete(
         text = sys.stdin.read()
     params = _sampling(temperature, top_p, top_k, None, None, None, None, seed, stop,
                        max_tokens, None)
-    m = open_chat(model, _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap,
-                                         provider, speculative, draft), need_template=False)
+    m = open_chat(model, engine, need_template=False)
     try:
         prompt = m.prepare_text(text, params)
         for ev in m.stream(None, params, prompt=prompt):
@@ -214,6 +134,7 @@ def complete(
 
 # -- ui -----------------------------------------------------------------------
 @command
+@engine_options
 def ui(
     model: Optional[str] = typer.Argument(None, help="The model to load first: a .gguf file, an "
                                                      "ONNX folder or a store name (default: the "
@@ -224,32 +145,26 @@ def ui(
     export_dir: Optional[Path] = typer.Option(None, "--export-dir",
                                               help="Where Export writes files (default: a temporary folder)."),
     yes: bool = YesOpt,
-    context_policy: str = typer.Option("truncate", "--context-policy",
-                                       help="When the window is full: truncate (drop oldest turns) or error."),
+    context_policy: str = ContextPolicyOpt,
     tools: Optional[Path] = typer.Option(None, "--tools", help="A JSON file with a list of OpenAI "
                                          "function tools: the page shows the model's calls."),
     chat_template: Optional[str] = TemplateOpt, allow_special: bool = SpecialOpt,
-    ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
-    mmap: bool = MmapOpt, provider: str = ProviderOpt,
-    speculative: str = SpecOpt, draft: Optional[str] = DraftOpt,
+    engine: EngineOptions = None,
 ):
     """A local chat page (Gradio) at http://HOST:PORT, fully offline: streaming, Stop, model picker, export."""
-    from edge_chat.chat.context import POLICIES
     from edge_chat.repl import structure_options
     from edge_chat.ui.app import parse_auth, run_ui
-    if context_policy not in POLICIES:
-        raise EdgeChatError(f"--context-policy must be one of {', '.join(POLICIES)}")
-    model = _in_store(model, yes)
+    check_policy(context_policy)
+    model = in_store(model, yes)
     run_ui(model, host=host, port=port, auth=parse_auth(auth),
-           options=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
-                                   speculative, draft),
+           options=engine,
            chat_template=chat_template, context_policy=context_policy, export_dir=export_dir,
-           warn=_err, allow_special=allow_special, tools=structure_options(None, tools)[1])
+           warn=err, allow_special=allow_special, tools=structure_options(None, tools)[1])
 
 
 # -- serve --------------------------------------------------------------------
 @command
+@engine_options
 def serve(
     models: Optional[List[str]] = typer.Argument(None, help="Serve only these models (names "
                                                  "or paths); default: every model in the store."),
@@ -268,163 +183,25 @@ def serve(
                                      "'*': any). Default: localhost names and the --host address."),
     max_body: str = typer.Option("4MiB", "--max-body", help="Largest request body (then 413)."),
     chat_template: Optional[str] = TemplateOpt, allow_special: bool = SpecialOpt,
-    ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
-    mmap: bool = MmapOpt, provider: str = ProviderOpt,
-    speculative: str = SpecOpt, draft: Optional[str] = DraftOpt,
+    engine: EngineOptions = None,
 ):
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)."""
     from edge_chat.engines.gguf_file import parse_size
     from edge_chat.server import ServerConfig
     from edge_chat.server import serve as run_server
-    models = [_in_store(m, yes) for m in models or []]
+    models = [in_store(m, yes) for m in models or []]
     run_server(ServerConfig(
         models=models or None, host=host, port=port, api_key=api_key or None,
         max_loaded=max_loaded, max_queue=max_queue, cors_origins=cors_origin or [],
         chat_template=chat_template, allowed_hosts=allowed_host or [],
         max_body=parse_size(max_body), allow_special=allow_special,
-        engine=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
-                               speculative, draft)),
+        engine=engine),
         log_level=log_level)
-
-
-# -- models / info ------------------------------------------------------------
-
-
-@command
-def models(json_out: bool = typer.Option(False, "--json", help="Print JSON."),
-           all_: bool = typer.Option(False, "--all", help="Also list leftovers of interrupted "
-                                     "converts (hidden temporary files the next convert removes).")):
-    """List the models in the store ($EDGE_CHAT_MODELS, else ./models, else the per-user store)."""
-    import json
-    import shutil
-
-    from rich.table import Table
-
-    from edge_chat.atomic import leftovers
-    from edge_chat.store import describe, empty_store_hint, list_models, models_dir, path_size, \
-        store_choice
-    from edge_chat.tables import print_table
-    rows = []
-    for p in list_models():
-        try:
-            rows.append(describe(p))
-        except EdgeChatError as e:
-            rows.append({"name": p.name, "format": "broken", "error": printable(str(e), 300),
-                         "size_bytes": None})
-    if all_:
-        for p in leftovers(models_dir()):
-            rows.append({"name": p.name, "format": "leftover", "size_bytes": path_size(p),
-                         "error": "left by an interrupted convert; the next convert here "
-                                  "removes it"})
-    if json_out:
-        print(json.dumps(rows, indent=2))
-        return
-    root, why = store_choice()
-    if not rows:
-        _err(f"no models in {root} ({why}): {empty_store_hint()}")
-        return
-    t = Table(title=f"models in {root} ({why})")
-    for col in ("name", "format", "quant", "size", "arch", "context", "template"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(printable(r["name"], 80), r.get("format", "?"), printable(str(r.get("quant", ""))),
-                  fmt_size(r.get("size_bytes")), printable(str(r.get("arch", r.get("error", "")))),
-                  str(r.get("context") or "?"), "yes" if r.get("chat_template") else "no")
-    print_table(t)
-    free = shutil.disk_usage(root if root.exists() else Path.cwd()).free
-    left = [r for r in rows if r.get("format") == "leftover"]
-    kept = [r for r in rows if r.get("format") != "leftover"]
-    _err(f"{len(kept)} model(s), {fmt_size(sum(r.get('size_bytes') or 0 for r in kept))}; "
-         f"{fmt_size(free)} free on disk" + (
-             f"; {len(left)} leftover(s) of interrupted converts, "
-             f"{fmt_size(sum(r['size_bytes'] or 0 for r in left))}" if left else ""))
-
-
-@command
-def info(model: str = typer.Argument(..., help="A path or a name in the store."),
-         json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """Show a model's metadata: arch, parameters, quant, context, template, size."""
-    import json
-
-    from edge_chat.store import describe, resolve_model
-    row = describe(resolve_model(model))
-    if json_out:
-        print(json.dumps(row, indent=2))
-        return
-    for k, v in row.items():
-        if k == "size_bytes":
-            v = f"{fmt_size(v)} ({v} bytes)"
-        print(f"{k:14} {printable(str(v), 300)}")
-
-
-# -- convert ------------------------------------------------------------------
-@command(sigterm=True)
-def convert(
-    src: str = typer.Argument(..., help="A Hugging Face model folder (or a hub id when online)."),
-    to: str = typer.Option("gguf", "--to", help="gguf or onnx."),
-    quant: Optional[str] = typer.Option(None, "--quant", "-q",
-                                        help="gguf: f32 f16 bf16 q8_0 q6_k q5_k_m q5_0 q4_k_m "
-                                             "q4_k_s q4_0 q3_k_m q2_k (default q4_k_m); "
-                                             "onnx: fp32 fp16 int8 int4 (default int4); "
-                                             "all: every one."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output path."),
-    block_size: int = typer.Option(32, "--block-size", help="onnx int4: quantization block size."),
-    graph: str = typer.Option("auto", "--graph",
-                              help="onnx: fused (onnxruntime's fused attention, Llama family), "
-                                   "optimum (plain ONNX ops, any architecture) or auto."),
-    evaluate: Optional[bool] = typer.Option(None, "--eval/--no-eval",
-                                            help="Perplexity of the source and the result "
-                                                 "(default: on for a local folder)."),
-    recommend: bool = typer.Option(False, "--recommend",
-                                   help="Pick the quant with the least perplexity loss that fits --ram."),
-    ram: Optional[str] = typer.Option(None, "--ram",
-                                      help="RAM budget for --recommend (default: 60% of free memory)."),
-):
-    """Convert a Hugging Face model to GGUF or ONNX, quantized."""
-    from edge_chat.convert.run import run_convert
-    from edge_chat.engines.gguf_file import parse_size
-    run_convert(src, to, quant, output, block_size, graph=graph, evaluate=evaluate, recommend=recommend,
-                budget=parse_size(ram) if ram else None)
-
-
-@command(sigterm=True)
-def pull(
-    spec: str = typer.Argument(..., help="A hub id: org/name, org/name:QUANT or org/name:FILE.gguf."),
-    quant: Optional[str] = typer.Option(None, "--quant", "-q", help="GGUF: the quant (default "
-                                        "q4_k_m); ONNX: the variant; safetensors: as in convert."),
-    to: Optional[str] = typer.Option(None, "--to", help="gguf or onnx (safetensors: convert to)."),
-    list_only: bool = typer.Option(False, "--list", help="Show what the repo offers, with sizes."),
-):
-    """Get a model from the Hugging Face hub: GGUF/ONNX repos as they are, safetensors converted."""
-    from edge_chat.hub.pull import offers_table
-    from edge_chat.hub.pull import pull as run_pull
-    from edge_chat.tables import print_table
-    if list_only:
-        print_table(offers_table(spec, quant, to))
-        return
-    print(run_pull(spec, quant, to))
-
-
-@command
-def rm(names: List[str] = typer.Argument(..., help="Names in the store."),
-       yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask.")):
-    """Remove models from the store."""
-    from edge_chat.atomic import remove
-    from edge_chat.store import find_in_store, model_files, model_name, path_size
-    paths = [find_in_store(n) for n in names]
-    total = sum(path_size(p) for p in paths)
-    if not yes and sys.stdin.isatty() and not typer.confirm(
-            f"remove {', '.join(model_name(p) for p in paths)} ({fmt_size(total)})?"):
-        raise typer.Exit(1)
-    for p in paths:
-        for f in model_files(p):       # a split model's first part first: gone from the list
-            remove(f)
-        _err(f"removed {p}")
 
 
 # -- bench --------------------------------------------------------------------
 @command
+@engine_options
 def bench(
     models: List[str] = typer.Argument(..., help="GGUF files, ONNX folders or store names "
                                                  "(each measured in its own process)."),
@@ -439,10 +216,7 @@ def bench(
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write bar charts to this PNG."),
     chat_template: Optional[str] = TemplateOpt,
-    ctx_size: Optional[int] = CtxOpt, threads: Optional[int] = ThreadsOpt,
-    gpu_layers: str = GpuOpt, vram: Optional[str] = VramOpt, kv_type: str = KvOpt,
-    mmap: bool = MmapOpt, provider: str = ProviderOpt,
-    speculative: str = SpecOpt, draft: Optional[str] = DraftOpt,
+    engine: EngineOptions = None,
 ):
     """Measure load time, peak memory, time to first token, prefill/decode tok/s and second-turn TTFT."""
     import json
@@ -455,8 +229,7 @@ def bench(
     paths = [str(resolve_model(m)) for m in models]
     if plot is not None:
         require_matplotlib()
-    opts = asdict(_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
-                                  speculative, draft))
+    opts = asdict(engine)
     cfg = BenchConfig(prompt_lengths=parse_lengths(prompt_lengths), gen=gen, reps=reps,
                       history=history, edits=edits, chat_template=chat_template, options=opts)
     results = bench_models(paths, cfg, quiet=json_out)
@@ -466,12 +239,16 @@ def bench(
         from edge_chat.tables import print_table
         print_table(table(results))
     if plot is not None:
-        _err(f"plot written to {write_plot(results, plot)}")
+        err(f"plot written to {write_plot(results, plot)}")
     failed = [r for r in results if "error" in r]
     for r in failed:
-        _err(f"error: {r['model']}: {r['error']}")
+        err(f"error: {r['model']}: {r['error']}")
     if failed:
         raise typer.Exit(1)
+
+
+# the store's commands (models, info, convert, pull, rm) register on the same app, after these
+from edge_chat import cli_store  # noqa: E402,F401
 
 
 def main() -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from edge_chat.chat.completion import ChatModel, Stats
+from edge_chat.chat.completion import ChatModel, Event, Stats
+from edge_chat.chat.conversation import Conversation
 from edge_chat.chat.grammar import check_response_format
-from edge_chat.chat.messages import load_messages, save_messages
 from edge_chat.chat.params import FIELDS, SamplingParams, parse_value, update_params
 from edge_chat.chat.tools import parse_tools
 from edge_chat.errors import EdgeChatError
@@ -40,7 +41,7 @@ def stats_line(s: Stats) -> str:
 
 
 class ChatSession:
-    """A conversation: messages, params, and how answers reach the screen."""
+    """The terminal's side of a Conversation: how answers reach the screen."""
 
     def __init__(self, model: ChatModel, params: SamplingParams, *, system: str | None = None,
                  out: TextIO | None = None, err: TextIO | None = None, show_stats: bool = False,
@@ -49,89 +50,67 @@ class ChatSession:
         self.params = params
         self.tools = tools
         self.response_format = response_format
-        self.messages: list[dict] = []
+        self.conv = Conversation(system=system)
         self.out, self.err = out or sys.stdout, err or sys.stderr
         self.show_stats = show_stats
-        if system:
-            self.set_system(system)
 
-    def set_system(self, text: str | None) -> None:
-        self.messages = [m for m in self.messages if m["role"] != "system"]
-        if text:
-            self.messages.insert(0, {"role": "system", "content": text})
-
-    def clear(self) -> None:
-        self.messages = [m for m in self.messages if m["role"] == "system"]
+    @property
+    def messages(self) -> list[dict]:
+        """The conversation as OpenAI messages (the system prompt first)."""
+        return self.conv.openai()
 
     def ask(self, text: str) -> str:
-        self.messages.append({"role": "user", "content": text})
+        self.conv.add_user(text)
         return self.answer()
 
     def answer(self) -> str:
-        """Stream an answer to the current messages; Ctrl-C keeps the part
-        already written. The answer joins the history."""
-        prompt = self.model.prepare(self.messages, self.params, self.tools)
-        if prompt.dropped:
-            self.err.write(f"[context full: dropped the {prompt.dropped} oldest message(s)]\n")
-            self.messages = list(prompt.messages)
-        parts: list[str] = []
-        calls: list[dict] = []
-        stats = None
-        events = self.model.stream(self.messages, self.params.model_copy(update={"n": 1}),
-                                   self.tools, prompt=prompt,
-                                   response_format=self.response_format)
+        """Stream an answer to the conversation; Ctrl-C keeps the part already written."""
+        return self._show(self.conv.answer(self.model, self.params, self.tools,
+                                           self.response_format))
+
+    def tool_result(self, text: str) -> str | None:
+        """Answer the first pending tool call with `text`; the model goes on once
+        every call of its last answer has a result."""
+        if not self.conv.pending_tool_calls():
+            self.err.write("no tool call to answer\n")
+            return None
+        return self.answer() if self.conv.add_tool_result(text) else None
+
+    def retry(self) -> str | None:
+        events = self.conv.retry(self.model, self.params, self.tools, self.response_format)
+        if events is None:
+            self.err.write("nothing to retry\n")
+            return None
+        return self._show(events)
+
+    def _show(self, events: Iterator[Event]) -> str:
+        """Print an answer's events as they come; returns its text."""
+        if self.conv.dropped:
+            self.err.write(f"[context full: dropped the {self.conv.dropped} oldest message(s)]\n")
+        reply = self.conv.messages[-1]
         try:
             for ev in events:
                 if ev.delta:
-                    parts.append(ev.delta)
                     self.out.write(ev.delta)
                     self.out.flush()
                 for call in ev.tool_calls:
-                    calls.append(call.as_dict())
-                    self.out.write(f"{chr(10) if parts else ''}[tool call {call.id}] "
-                                   f"{call.name}({call.arguments})\n")
+                    lead = "\n" if reply["content"] else ""
+                    self.out.write(f"{lead}[tool call {call.id}] {call.name}({call.arguments})\n")
                     self.out.flush()
-                if ev.finish_reason is not None:
-                    stats = ev.stats
-                    if ev.finish_reason == "length":
-                        self.err.write("\n[stopped: max_tokens or the context window reached]")
+                if ev.finish_reason == "length":
+                    self.err.write("\n[stopped: max_tokens or the context window reached]")
         except KeyboardInterrupt:
             events.close()
             self.err.write("\n[stopped]")
         self.out.write("\n")
         self.out.flush()
-        text = "".join(parts)
-        if not text.strip() and not calls and stats is not None:
+        if self.conv.answered_nothing():
             self.err.write("[the model gave an empty answer: it ended its turn at once. A base "
                            "model? try 'edge_chat complete' or --chat-template]\n")
-        if stats is not None and self.show_stats:
-            self.err.write(stats_line(stats) + "\n")
+        if self.conv.stats is not None and self.show_stats:
+            self.err.write(stats_line(self.conv.stats) + "\n")
         self.err.flush()
-        msg: dict = {"role": "assistant", "content": text}
-        if calls:
-            msg["tool_calls"] = calls
-        self.messages.append(msg)
-        return text
-
-    def tool_result(self, text: str) -> str | None:
-        """Answer the last assistant message's pending tool calls (the first not yet
-        answered) with `text`, then let the model go on."""
-        last = next((m for m in reversed(self.messages) if m["role"] == "assistant"), None)
-        answered = {m.get("tool_call_id") for m in self.messages if m["role"] == "tool"}
-        pending = [c for c in (last or {}).get("tool_calls") or [] if c["id"] not in answered]
-        if not pending:
-            self.err.write("no tool call to answer\n")
-            return None
-        self.messages.append({"role": "tool", "tool_call_id": pending[0]["id"], "content": text})
-        return self.answer() if len(pending) == 1 else None
-
-    def retry(self) -> str | None:
-        while self.messages and self.messages[-1]["role"] == "assistant":
-            self.messages.pop()
-        if not self.messages or self.messages[-1]["role"] != "user":
-            self.err.write("nothing to retry\n")
-            return None
-        return self.answer()
+        return reply["content"]
 
     def command(self, line: str) -> bool:
         """Run a slash command; False means quit."""
@@ -142,10 +121,10 @@ class ChatSession:
         if name == "help":
             self.err.write(HELP + "\n")
         elif name == "system":
-            self.set_system(arg or None)
+            self.conv.set_system(arg or None)
             self.err.write("[system prompt set]\n" if arg else "[system prompt removed]\n")
         elif name == "clear":
-            self.clear()
+            self.conv.clear()
             self.err.write("[conversation cleared]\n")
         elif name == "retry":
             self.retry()
@@ -161,12 +140,12 @@ class ChatSession:
         elif name == "save":
             if not arg:
                 raise EdgeChatError("usage: /save FILE")
-            save_messages(Path(shlex.split(arg)[0]), self.messages)
+            self.conv.save(Path(shlex.split(arg)[0]))
             self.err.write(f"[saved {len(self.messages)} messages to {arg}]\n")
         elif name == "load":
             if not arg:
                 raise EdgeChatError("usage: /load FILE")
-            self.messages = load_messages(Path(shlex.split(arg)[0]))
+            self.conv.load(Path(shlex.split(arg)[0]))
             self.err.write(f"[loaded {len(self.messages)} messages]\n")
         else:
             raise EdgeChatError(f"unknown command /{name}: /help lists them "

@@ -2,25 +2,43 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from edge_chat.errors import EdgeChatError, ModelLoadError, ModelNotFound
 from edge_chat.store import has_gguf_magic, model_kind
 
 
+def _opt(default, flags: str, help: str, cli_type: type | None = None):
+    """An engine option with the command-line flag(s) that set it: `flags` is
+    "--name" or "--name/-n" (or "--on/--off" for a switch); `cli_type` is the
+    type the command line parses (default: the type of `default`)."""
+    return field(default=default, metadata={"flags": flags, "help": help,
+                                            "cli_type": cli_type or type(default)})
+
+
 @dataclass
 class EngineOptions:
-    """Load options every front-end passes through unchanged."""
-    n_ctx: int | None = None
-    threads: int | None = None
-    gpu_layers: int | str | None = 0      # GGUF: N | "auto"
-    vram: str | None = None               # GGUF: budget for --gpu-layers auto
-    kv_type: str = "f16"                  # GGUF: f16 | q8_0
-    mmap: bool = True                     # GGUF
-    provider: str = "cpu"                 # ONNX: execution provider
-    speculative: str = "auto"             # auto | lookup | draft | off
-    draft: str | None = None              # a draft model (same vocabulary) path
+    """Load options every front-end passes through unchanged. Each field declares
+    its command-line flag: the CLI generates the same options for every command
+    that loads a model (cli_common.engine_options)."""
+    n_ctx: int | None = _opt(None, "--ctx-size/-c", "Context window (default: min(trained, "
+                             "4096)).", Optional[int])
+    threads: int | None = _opt(None, "--threads/-t", "CPU threads (default: physical cores).",
+                               Optional[int])
+    gpu_layers: int | str | None = _opt("0", "--gpu-layers", "GGUF: layers on the GPU: N or "
+                                        "'auto' (with --vram).")
+    vram: str | None = _opt(None, "--vram", "GGUF: GPU memory budget for --gpu-layers auto, "
+                            "e.g. 4GB.", Optional[str])
+    kv_type: str = _opt("f16", "--kv-type", "GGUF: KV cache type: f16 or q8_0.")
+    mmap: bool = _opt(True, "--mmap/--no-mmap", "GGUF: memory-map the weights.")
+    provider: str = _opt("cpu", "--provider", "ONNX: execution provider (cpu, cuda, ...).")
+    speculative: str = _opt("auto", "--speculative", "Speculative decoding: auto, lookup "
+                            "(prompt lookup), draft (--draft model) or off.")
+    draft: str | None = _opt(None, "--draft", "A small draft model with the same vocabulary "
+                             "(GGUF file, ONNX folder or store name) for speculative decoding.",
+                             Optional[str])
 
 
 def load_engine(path: Path, options: EngineOptions | None = None, *, probe: bool = True):

@@ -11,12 +11,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge_chat.atomic import write_json_atomic, write_text_atomic
 from edge_chat.chat.completion import ChatModel, Stats
+from edge_chat.chat.conversation import Conversation as ChatConversation
 from edge_chat.chat.params import SamplingParams, chat_params
 from edge_chat.engines import EngineOptions
 from edge_chat.errors import EdgeChatError
@@ -48,16 +48,17 @@ def footer(stats: Stats, n_ctx: int, finish: str, stopped: bool = False) -> str:
     return line
 
 
-@dataclass
-class Conversation:
-    """User and assistant turns (OpenAI shape). An assistant turn may carry a
-    `footer` (the stats line), shown in the page and left out of exports."""
-    messages: list[dict] = field(default_factory=list)
+class Conversation(ChatConversation):
+    """The page's conversation (its gradio State). An assistant turn may carry a
+    `footer` (the stats line), shown in the page and left out of exports; the system
+    prompt comes from the page's System prompt box with each answer and export."""
 
     def openai(self, system: str | None = None) -> list[dict]:
-        msgs = [{"role": "system", "content": system}] if system and system.strip() else []
-        return msgs + [{k: m[k] for k in ("role", "content", "tool_calls") if k in m}
-                       for m in self.messages]
+        """The OpenAI messages, with `system` (the box's text) as the system prompt
+        when given."""
+        if system is not None:
+            return ChatConversation(self.messages, system).openai()
+        return super().openai()
 
     def display(self) -> list[dict]:
         """The turns as gradio Chatbot messages, stats under each answer."""
@@ -218,18 +219,13 @@ class ChatUI:
         if not text:
             yield conv, "type a message first"
             return
-        conv.messages.append({"role": "user", "content": text})
+        conv.add_user(text)
         yield from self._answer(conv, system, settings)
 
     def retry(self, conv: Conversation, system: str | None, *settings
               ) -> Iterator[tuple[Conversation, str]]:
         """Answer the last user message again."""
-        while conv.messages and conv.messages[-1]["role"] == "assistant":
-            conv.messages.pop()
-        if not conv.messages:
-            yield conv, "nothing to retry"
-            return
-        yield from self._answer(conv, system, settings)
+        yield from self._answer(conv, system, settings, again=True)
 
     def stop(self) -> str:
         self.holder.stop()
@@ -238,51 +234,48 @@ class ChatUI:
     def switch(self, name: str | None) -> str:
         return self.holder.load(name)
 
-    def _answer(self, conv: Conversation, system: str | None, settings: tuple
-                ) -> Iterator[tuple[Conversation, str]]:
+    def _answer(self, conv: Conversation, system: str | None, settings: tuple,
+                again: bool = False) -> Iterator[tuple[Conversation, str]]:
         notes: list[str] = []
         try:
-            params = self.params(*settings).model_copy(update={"n": 1})
+            params = self.params(*settings)
             with self.holder.generation() as model:
-                prompt = model.prepare(conv.openai(system), params, self.tools)
-                if prompt.dropped:
-                    conv.messages = conv.messages[prompt.dropped:]
-                    notes.append(f"context full: dropped the {prompt.dropped} oldest "
-                                 "message(s) to fit the window")
-                reply = {"role": "assistant", "content": ""}
-                conv.messages.append(reply)
-                status = " · ".join(notes) or f"answering with {self.holder.name}…"
-                yield conv, status
-                finish, stats = "stop", None
-                events = model.stream(None, params, self.tools, prompt=prompt)
-                try:
-                    for ev in events:
-                        if self.holder.stopping:
-                            model.cancel()      # engines clear the flag when they start
-                        if ev.delta:
-                            reply["content"] += ev.delta
-                            yield conv, status
-                        if ev.tool_calls:
-                            reply.setdefault("tool_calls", []).extend(
-                                c.as_dict() for c in ev.tool_calls)
-                            yield conv, status
-                        if ev.finish_reason is not None:
-                            finish, stats = ev.finish_reason, ev.stats
-                finally:
-                    events.close()              # the page went away: free the engine now
-                stopped = self.holder.stopping
-                if stats is not None:
-                    reply["footer"] = footer(stats, model.n_ctx, finish, stopped)
-                if stopped:
-                    notes.append("stopped")
-                elif not reply["content"].strip() and not reply.get("tool_calls"):
-                    notes.append("the model gave an empty answer (a base model? try "
-                                 "--chat-template)")
+                conv.set_system(system)
+                events = (conv.retry if again else conv.answer)(model, params, self.tools)
+                if events is None:
+                    notes.append("nothing to retry")
+                else:
+                    yield from self._stream(conv, model, events, notes)
         except EdgeChatError as e:
             notes.append(f"error: {e}")
         except Exception as e:                              # noqa: BLE001  keep the page alive
             notes.append(f"error: {type(e).__name__}: {e}")
         yield conv, " · ".join(notes) or f"ready · {self.holder.status}"
+
+    def _stream(self, conv: Conversation, model: ChatModel, events: Iterator,
+                notes: list[str]) -> Iterator[tuple[Conversation, str]]:
+        """Show an answer as it grows; the footer and notes when it ends."""
+        if conv.dropped:
+            notes.append(f"context full: dropped the {conv.dropped} oldest "
+                         "message(s) to fit the window")
+        reply = conv.messages[-1]
+        status = " · ".join(notes) or f"answering with {self.holder.name}…"
+        yield conv, status
+        try:
+            for ev in events:
+                if self.holder.stopping:
+                    model.cancel()      # engines clear the flag when they start
+                if ev.delta or ev.tool_calls:
+                    yield conv, status
+        finally:
+            events.close()              # the page went away: free the engine now
+        stopped = self.holder.stopping
+        if conv.stats is not None:
+            reply["footer"] = footer(conv.stats, model.n_ctx, conv.finish_reason, stopped)
+        if stopped:
+            notes.append("stopped")
+        elif conv.answered_nothing():
+            notes.append("the model gave an empty answer (a base model? try --chat-template)")
 
     # -- export ---------------------------------------------------------------
     def export(self, conv: Conversation, system: str | None, fmt: str) -> tuple[str | None, str]:
