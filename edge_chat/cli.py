@@ -55,14 +55,14 @@ TemplateOpt = typer.Option(None, "--chat-template",
 
 
 def _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
-                    speculative="auto", draft=None):
+                    speculative="auto", draft=None, parallel=1):
     from edge_chat.engines import EngineOptions
     if draft is not None:
         from edge_chat.store import resolve_model
         draft = str(resolve_model(draft))
     return EngineOptions(n_ctx=ctx_size, threads=threads, gpu_layers=gpu_layers, vram=vram,
                          kv_type=kv_type, mmap=mmap, provider=provider,
-                         speculative=speculative, draft=draft)
+                         speculative=speculative, draft=draft, parallel=parallel)
 
 
 def _sampling(temperature, top_p, top_k, min_p, presence_penalty, frequency_penalty,
@@ -210,7 +210,11 @@ def serve(
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGE_CHAT_API_KEY",
                                           help="Require 'Authorization: Bearer KEY' on /v1/*."),
     max_loaded: int = typer.Option(2, "--max-loaded", help="Models kept in memory at once."),
-    max_queue: int = typer.Option(8, "--max-queue", help="Requests waiting per model (then 503)."),
+    max_queue: int = typer.Option(8, "--max-queue", help="Requests waiting per model beyond "
+                                  "its --parallel slots (then 503)."),
+    parallel: int = typer.Option(4, "--parallel", "-np", help="Requests decoded together per "
+                                 "GGUF model (continuous batching; each slot has its own "
+                                 "--ctx-size window); 1: one at a time."),
     cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin",
                                                     help="Allow this browser origin (repeatable)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
@@ -228,7 +232,7 @@ def serve(
         max_loaded=max_loaded, max_queue=max_queue, cors_origins=cors_origin or [],
         chat_template=chat_template,
         engine=_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
-                               speculative, draft)),
+                               speculative, draft, parallel)),
         log_level=log_level)
 
 

@@ -21,6 +21,7 @@ class EngineOptions:
     provider: str = "cpu"                 # ONNX: execution provider
     speculative: str = "auto"             # auto | lookup | draft | off
     draft: str | None = None              # a draft model (same vocabulary) path
+    parallel: int = 1                     # GGUF: sequences decoded together (batch.py)
 
 
 def _is_gguf_file(path: Path) -> bool:
@@ -41,7 +42,11 @@ def load_engine(path: Path, options: EngineOptions | None = None):
                             f"not '{o.speculative}'", param="speculative")
     if o.speculative == "draft" and not o.draft:
         raise EdgeChatError("--speculative draft needs --draft MODEL", param="draft")
+    if o.parallel < 1:
+        raise EdgeChatError("--parallel must be >= 1", param="parallel")
     engine = _load(Path(path), o)
+    if engine.capabilities.slots > 1:
+        return engine       # batching: no speculative decoding (batch.py)
     engine.speculative = o.speculative
     if o.draft and o.speculative in ("auto", "draft"):
         try:
@@ -81,8 +86,12 @@ def _load(path: Path, o: EngineOptions):
     kind = model_kind(path) or ("gguf" if path.is_file() and _is_gguf_file(path) else None)
     if kind == "gguf":
         from edge_chat.engines.gguf import GGUFEngine
-        return GGUFEngine(path, n_ctx=o.n_ctx, threads=o.threads, gpu_layers=o.gpu_layers,
-                          vram=o.vram, kv_type=o.kv_type, mmap=o.mmap)
+        engine = GGUFEngine(path, n_ctx=o.n_ctx, threads=o.threads, gpu_layers=o.gpu_layers,
+                            vram=o.vram, kv_type=o.kv_type, mmap=o.mmap, n_seq=o.parallel)
+        if o.parallel == 1:
+            return engine
+        from edge_chat.engines.batch import BatchEngine
+        return BatchEngine(engine)
     if kind == "onnx":
         from edge_chat.engines.onnx import OnnxEngine
         return OnnxEngine(path, n_ctx=o.n_ctx, threads=o.threads, provider=o.provider)

@@ -41,6 +41,8 @@ class Capabilities:
     eval_many: bool = False             # evaluates k tokens with logits for each and
                                         # trims the KV cache (speculative decoding)
     gbnf: bool = False                  # grammar_for(response_format) gives a processor
+    slots: int = 1                      # generations served at once (continuous batching:
+                                        # engines/batch.py)
 
 
 DEFAULT_MAX_CTX = 4096
