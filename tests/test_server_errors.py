@@ -20,7 +20,8 @@ def server(tiny_gguf, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("errors")
     store = make_store(tmp / "store", {"tiny-q8_0.gguf": tiny_gguf["q8_0"]})
     (tmp / "secret.gguf").write_bytes(b"GGUF not really")       # outside the store
-    s = Server(store, *FAST, "--api-key", KEY, "--max-queue", "0", "--ctx-size", "4096",
+    s = Server(store, *FAST, "--parallel", "1", "--api-key", KEY, "--max-queue", "0",
+               "--ctx-size", "4096",
                log=tmp / "server.log")
     s.outside = tmp / "secret.gguf"
     yield s

@@ -6,7 +6,7 @@ its own KV region of `info.n_ctx` tokens) and one scheduler thread. Each step:
   1. requests that were cancelled (or whose iterator was closed) leave, freeing
      their slot; waiting requests join free slots - the slot whose cached tokens
      share the longest prefix with the prompt (the same conversation coming back
-     reuses its cache), else the least recently used one;
+     reuses its cache: `_reuse`), else the least recently used one;
   2. one `llama_decode` over the next token of every running sequence (for a
      request that just finished its prefill: its last prompt token), then each
      row goes through that request's processors and sampler (its own
@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -90,7 +90,10 @@ class BatchEngine:
         self._clock = itertools.count(1)
         self._t_step = 0.0                      # seconds of a decode step (moving average)
         self._t_token = 0.0                     # seconds per prefilled token (moving average)
-        self.steps = 0
+        self.steps = 0                          # decode steps run
+        #: called after each step with what it evaluated: [("decode", seq) ...,
+        #: ("prefill", seq, n_tokens)] (tests follow the interleaving with it)
+        self.on_step: Callable[[list[tuple]], None] | None = None
         self._thread = threading.Thread(target=self._run, name=f"batch-{self.info.name}",
                                         daemon=True)
         self._thread.start()
@@ -195,7 +198,7 @@ class BatchEngine:
             free = [s for s in self.slots if s.req is None]
             if not free:
                 return
-            slot = max(free, key=lambda s: (s.kv.common_prefix(req.prompt), -s.used))
+            slot = max(free, key=lambda s: (_reuse(s, req.prompt), -s.used))
             self._waiting.popleft()
             keep = self.engine.trim_seq(slot.seq, slot.kv.reusable(req.prompt))
             slot.kv.trim(keep)
@@ -209,6 +212,7 @@ class BatchEngine:
         running = [s for s in self.slots if s.req is not None]
         decoding = [s for s in running if s.req.pending is not None]
         prefilling = [s for s in running if s.req.pending is None]
+        done: list[tuple] = []
         if decoding:
             t0 = time.perf_counter()
             try:
@@ -222,9 +226,13 @@ class BatchEngine:
             self.steps += 1
             for s, row in zip(decoding, rows):
                 s.kv.append([s.req.pending])
+                done.append(("decode", s.seq))
                 self._emit(s, row)
         if prefilling:
-            self._prefill(prefilling[0], limit=self._chunk() if decoding else N_BATCH)
+            n = self._prefill(prefilling[0], limit=self._chunk() if decoding else N_BATCH)
+            done.append(("prefill", prefilling[0].seq, n))
+        if self.on_step is not None:
+            self.on_step(done)
 
     def _chunk(self) -> int:
         """Prompt tokens a step may prefill while other sequences decode."""
@@ -232,7 +240,8 @@ class BatchEngine:
             return FIRST_CHUNK
         return max(MIN_CHUNK, min(N_BATCH, int(STALL_STEPS * self._t_step / self._t_token)))
 
-    def _prefill(self, s: _Slot, limit: int) -> None:
+    def _prefill(self, s: _Slot, limit: int) -> int:
+        """Evaluate the next chunk of the slot's prompt; how many tokens."""
         req = s.req
         toks = req.prompt[req.fed:len(req.prompt) - 1][:limit]
         t0 = time.perf_counter()
@@ -240,12 +249,13 @@ class BatchEngine:
             self.engine.decode_many([(s.seq, s.kv.pos, toks, False)])
         except EdgeChatError as e:
             self._release(s, e, reset=True)
-            return
+            return 0
         self._t_token = _average(self._t_token, (time.perf_counter() - t0) / len(toks))
         s.kv.append(toks)
         req.fed += len(toks)
         if req.fed == len(req.prompt) - 1:
             req.pending = req.prompt[-1]
+        return len(toks)
 
     def _emit(self, s: _Slot, row) -> None:
         """Sample the request's next token from its logits row and hand it over."""
@@ -279,6 +289,15 @@ class BatchEngine:
         sampler, req.sampler = req.sampler, None
         if sampler is not None:
             sampler.close()
+
+
+def _reuse(slot: _Slot, prompt: Sequence[int]) -> int:
+    """The prompt tokens a slot's cache saves, counted only when the prompt keeps
+    at least half of that cache (the same conversation coming back): a new
+    conversation that merely shares a system prompt takes the least recently
+    used slot rather than evict another conversation's cache."""
+    n = slot.kv.common_prefix(prompt)
+    return n if 2 * n >= len(slot.kv) else 0
 
 
 def _average(old: float, new: float) -> float:
