@@ -366,6 +366,9 @@ def bench(
                                 help="Tokens of history before the second turn (0: skip it)."),
     edits: int = typer.Option(3, "--edits", min=0, help="Code edits answered plain, speculative "
                               "and with a prediction (acceptance, effective tok/s); 0: skip."),
+    concurrency: Optional[str] = typer.Option(
+        None, "--concurrency", help="Clients at once, comma-separated (e.g. 1,2,4): aggregate "
+        "and per-stream tok/s and TTFT with continuous batching (only this workload)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write bar charts to this PNG."),
     chat_template: Optional[str] = TemplateOpt,
@@ -388,7 +391,9 @@ def bench(
     opts = asdict(_engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider,
                                   speculative, draft))
     cfg = BenchConfig(prompt_lengths=parse_lengths(prompt_lengths), gen=gen, reps=reps,
-                      history=history, edits=edits, chat_template=chat_template, options=opts)
+                      history=history, edits=edits, chat_template=chat_template, options=opts,
+                      concurrency=parse_lengths(concurrency, "--concurrency", 1)
+                      if concurrency else [])
     results = bench_models(paths, cfg, quiet=json_out)
     if json_out:
         print(json.dumps(results, indent=2))

@@ -65,6 +65,12 @@ def load_engine(path: Path, options: EngineOptions | None = None):
     return engine
 
 
+def request_view(engine):
+    """The engine as one request should hold it: a batching engine's per-request
+    session (its cancel() stops only that request), else the engine itself."""
+    return engine.session() if engine.capabilities.slots > 1 else engine
+
+
 def check_same_vocab(engine, draft) -> None:
     """A draft model must spell every token as the model does."""
     n, m = engine.n_vocab, draft.n_vocab

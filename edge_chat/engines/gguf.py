@@ -112,8 +112,8 @@ class GGUFEngine(LocalEngine):
         cp.n_ctx = ctx * n_seq          # `ctx` is each sequence's window
         cp.n_batch = cp.n_ubatch = N_BATCH
         cp.n_seq_max = n_seq
-        # one KV stream per sequence: its own window, attention over its own cells only
-        cp.kv_unified = n_seq == 1
+        if n_seq > 1:   # one KV stream per sequence: its own window, its own cells only
+            cp.kv_unified = False
         cp.n_threads = cp.n_threads_batch = threads
         cp.type_k = cp.type_v = KV_TYPES[kv_type]
         cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if kv_type != "f16" \

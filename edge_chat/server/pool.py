@@ -24,7 +24,7 @@ from typing import Any
 
 from edge_chat.chat.completion import ChatModel, Event
 from edge_chat.engines.base import Token, default_n_ctx
-from edge_chat.engines import EngineOptions
+from edge_chat.engines import EngineOptions, request_view
 from edge_chat.errors import EdgeChatError, ModelNotFound
 from edge_chat.store import (
     describe,
@@ -174,9 +174,7 @@ class Entry:
     def job_model(self, job: Job) -> ChatModel:
         """The ChatModel a job runs on: its own view of the engine (cancel, counts)."""
         model = self.model
-        engine = model.engine
-        view = engine.session() if engine.capabilities.slots > 1 else engine
-        return ChatModel(_CountingEngine(view, self, job), model.template,
+        return ChatModel(_CountingEngine(request_view(model.engine), self, job), model.template,
                          context_policy=model.context_policy)
 
     def work(self, job: Job, fn: Callable[[ChatModel], Iterator[Event]]) -> None:
