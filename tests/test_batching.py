@@ -238,3 +238,23 @@ def test_a_conversation_coming_back_reuses_its_slot(batch_engine):
         drain(s.generate(follow, params), 4)
         # the cache held the prompt and the answer but its last (end-of-turn) token
         assert s.n_prompt_evaluated == len(follow) - (len(prompt) + len(answer) - 1)
+
+
+def test_onnx_falls_back_to_one_request_at_a_time(tiny_onnx, tmp_path):
+    store = make_store(tmp_path / "store", {"tiny-onnx-int8": tiny_onnx["int8"]})
+    s = Server(store, *FAST, "--parallel", "4",
+               log=tmp_path / "server.log")
+    try:
+        qas = TRAINED_QA[:4]
+
+        def one(qa):
+            r = httpx.post(f"{s.url}/chat/completions", timeout=120, json={
+                "model": "tiny-onnx-int8", "messages": qa.messages, "temperature": 0})
+            return r.json()["choices"][0]["message"]["content"]
+
+        assert concurrently(one, qas) == [qa.answer for qa in qas]
+        m = s.wait_idle()["loaded"][0]
+        assert m["slots"] == 1 and m["ctx_per_slot"] > 0
+        assert "serves one request at a time" in s.output()
+    finally:
+        s.stop()
