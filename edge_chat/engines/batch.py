@@ -11,9 +11,9 @@ its own KV region of `info.n_ctx` tokens) and one scheduler thread. Each step:
      request that just finished its prefill: its last prompt token), then each
      row goes through that request's processors and sampler (its own
      parameters, seed and logprobs);
-  3. one chunk of a waiting prompt is prefilled, sized so that the step stays
-     within STALL_STEPS decode steps' time (the whole prompt at once when
-     nothing else runs), so a long prompt never freezes the running streams.
+  3. one chunk of the waiting prompts (first come first) is prefilled, sized so
+     that it costs at most STALL_STEPS decode steps' time (N_BATCH tokens when
+     nothing decodes), so a long prompt never freezes the running streams.
 
 Each request reads its tokens from its own queue in its caller's thread, where
 the chat core applies stop strings, max_tokens and the `n` choices as with one
@@ -60,6 +60,7 @@ class _Request:
         self.fed = 0                    # prompt tokens in the slot's cache
         self.pending: int | None = None  # the token the next decode step evaluates
         self.n_prompt_evaluated = 0
+        self.order = 0                  # when it took its slot
 
 
 class _Slot:
@@ -203,6 +204,7 @@ class BatchEngine:
             keep = self.engine.trim_seq(slot.seq, slot.kv.reusable(req.prompt))
             slot.kv.trim(keep)
             slot.req = req
+            req.order = next(self._clock)
             req.fed = keep
             req.n_prompt_evaluated = len(req.prompt) - keep
             if keep == len(req.prompt) - 1:
@@ -229,8 +231,8 @@ class BatchEngine:
                 done.append(("decode", s.seq))
                 self._emit(s, row)
         if prefilling:
-            n = self._prefill(prefilling[0], limit=self._chunk() if decoding else N_BATCH)
-            done.append(("prefill", prefilling[0].seq, n))
+            prefilling.sort(key=lambda s: s.req.order)      # first come, first prefilled
+            done += self._prefill(prefilling, limit=self._chunk() if decoding else N_BATCH)
         if self.on_step is not None:
             self.on_step(done)
 
@@ -240,22 +242,32 @@ class BatchEngine:
             return FIRST_CHUNK
         return max(MIN_CHUNK, min(N_BATCH, int(STALL_STEPS * self._t_step / self._t_token)))
 
-    def _prefill(self, s: _Slot, limit: int) -> int:
-        """Evaluate the next chunk of the slot's prompt; how many tokens."""
-        req = s.req
-        toks = req.prompt[req.fed:len(req.prompt) - 1][:limit]
+    def _prefill(self, slots: list[_Slot], limit: int) -> list[tuple]:
+        """Evaluate the next `limit` prompt tokens of the slots, in order, in one
+        llama_decode; ("prefill", seq, n_tokens) for each slot served."""
+        items = []
+        for s in slots:
+            req = s.req
+            toks = req.prompt[req.fed:len(req.prompt) - 1][:limit - sum(len(i[2]) for i in items)]
+            if not toks:
+                break
+            items.append((s.seq, s.kv.pos, toks, False))
         t0 = time.perf_counter()
         try:
-            self.engine.decode_many([(s.seq, s.kv.pos, toks, False)])
+            self.engine.decode_many(items)
         except EdgeChatError as e:
-            self._release(s, e, reset=True)
-            return 0
-        self._t_token = _average(self._t_token, (time.perf_counter() - t0) / len(toks))
-        s.kv.append(toks)
-        req.fed += len(toks)
-        if req.fed == len(req.prompt) - 1:
-            req.pending = req.prompt[-1]
-        return len(toks)
+            for s in slots[:len(items)]:
+                self._release(s, e, reset=True)
+            return []
+        n = sum(len(i[2]) for i in items)
+        self._t_token = _average(self._t_token, (time.perf_counter() - t0) / n)
+        for s, (_seq, _pos, toks, _) in zip(slots, items):
+            req = s.req
+            s.kv.append(toks)
+            req.fed += len(toks)
+            if req.fed == len(req.prompt) - 1:
+                req.pending = req.prompt[-1]
+        return [("prefill", seq, len(toks)) for seq, _pos, toks, _ in items]
 
     def _emit(self, s: _Slot, row) -> None:
         """Sample the request's next token from its logits row and hand it over."""
