@@ -141,6 +141,26 @@ def interleave(reps: int, peers: dict) -> dict[str, list[dict]]:
     return runs
 
 
+def llama_greedy(llm, tokens: list[int], limit: int, stop=lambda _tok: False) -> dict:
+    """llama-cpp-python's own Llama.generate, greedy, on `tokens` (fresh cache) until
+    `limit` tokens or stop(token): {"n", "start", "first", "end"} (perf_counter times)."""
+    llm.reset()
+    start = time.perf_counter()
+    first, n = 0.0, 0
+    it = llm.generate(tokens, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
+                      reset=True)
+    try:
+        for tok in it:
+            n += 1
+            if n == 1:
+                first = time.perf_counter()
+            if n >= limit or stop(tok):
+                break
+    finally:
+        it.close()
+    return {"n": n, "start": start, "first": first or start, "end": time.perf_counter()}
+
+
 def column(runs: list[dict], key: str) -> list:
     return [x[key] for x in runs]
 

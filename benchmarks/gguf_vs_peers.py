@@ -22,11 +22,10 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
-from _common import (MB, best, cache_dir, cell, column, interleave, machine, paired, print_rows,
-                     read_bandwidth, real_model, say, verdict, wait_quiet)
+from _common import (MB, best, cache_dir, cell, column, interleave, llama_greedy, machine, paired,
+                     print_rows, read_bandwidth, real_model, say, verdict, wait_quiet)
 
 from edge_chat.bench import BenchConfig, Runner, exact_prompt, measure_in_child  # noqa: E402
 
@@ -44,23 +43,10 @@ def find_llama_bench(explicit: str | None) -> Path | None:
 def raw_run(llm, tokens: list[int], gen: int) -> dict:
     """llama-cpp-python alone: fresh cache, greedy, `gen` tokens (generate() never stops
     at EOS by itself)."""
-    llm.reset()
-    t0 = time.perf_counter()
-    first, n = 0.0, 0
-    it = llm.generate(tokens, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
-                      reset=True)
-    try:
-        for _ in it:
-            n += 1
-            if n == 1:
-                first = time.perf_counter()
-            if n >= gen:
-                break
-    finally:
-        it.close()
-    end = time.perf_counter()
-    ttft = first - t0
-    return {"ttft": ttft, "prefill_tps": len(tokens) / ttft, "decode_tps": (n - 1) / (end - first)}
+    g = llama_greedy(llm, tokens, gen)
+    ttft = g["first"] - g["start"]
+    return {"ttft": ttft, "prefill_tps": len(tokens) / ttft,
+            "decode_tps": (g["n"] - 1) / (g["end"] - g["first"])}
 
 
 def llama_bench(exe: Path, model: Path, threads: int, prompt: int, gen: int) -> dict:

@@ -23,10 +23,9 @@ round by round (interleaved, waiting for quiet CPUs)."""
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-from _common import interleave, machine, med, print_rows, real_model, say, verdict
+from _common import interleave, llama_greedy, machine, med, print_rows, real_model, say, verdict
 
 QWEN = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 QWEN_HF = "qwen2.5-coder-0.5b-instruct-hf"
@@ -66,21 +65,8 @@ def llama_lookup(llm, model, text: str, max_tokens: int) -> dict:
     from edge_chat.chat.params import make_params
     tokens = model.prepare([{"role": "user", "content": text}],
                            make_params(max_tokens=max_tokens)).tokens
-    llm.reset()
-    t0 = time.perf_counter()
-    first, n = 0.0, 0
-    it = llm.generate(tokens, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
-                      reset=True)
-    try:
-        for tok in it:
-            n += 1
-            if n == 1:
-                first = time.perf_counter()
-            if llm.token_eos() == tok or n >= max_tokens or model.engine.is_eog(tok):
-                break
-    finally:
-        it.close()
-    return {"tokens": max(n - 1, 0), "seconds": time.perf_counter() - (first or t0)}
+    g = llama_greedy(llm, tokens, max_tokens, model.engine.is_eog)
+    return {"tokens": max(g["n"] - 1, 0), "seconds": g["end"] - g["first"]}
 
 
 def workload(runs: dict, names: list[str]) -> dict[str, float]:

@@ -86,10 +86,10 @@ def edit_table(results: list[dict]):
     if not rows:
         return None
     from rich.table import Table
-    t = Table(title="code edits (greedy): speculative decoding against plain decoding")
-    for col in ("model", "edits", "plain tok/s", "speculative", "tok/s", "x plain",
-                "accepted", "prediction tok/s", "x plain", "accepted", "same answers"):
-        t.add_column(col, justify="left" if col in ("model", "speculative") else "right")
+    t = Table(title="code edits: speculative vs plain decoding (greedy)")
+    for col in ("model", "plain tok/s", "speculative", "accepted", "predicted", "accepted",
+                "same"):
+        t.add_column(col, justify="left" if col == "model" else "right")
 
     def pct(v):
         return "-" if v is None else f"{v:.0%}"
@@ -97,8 +97,8 @@ def edit_table(results: list[dict]):
     for r in rows:
         e = r["code_edit"]
         s, p = e["speculative"], e["prediction"]
-        t.add_row(r["model"], str(e["edits"]), f"{e['plain']['decode_tps']:.1f}", e["mode"],
-                  f"{s['decode_tps']:.1f}", f"{s['speedup'] or 0:.2f}", pct(s["acceptance"]),
-                  f"{p['decode_tps']:.1f}", f"{p['speedup'] or 0:.2f}", pct(p["acceptance"]),
-                  f"{e['identical']}/{e['edits']}")
+        t.add_row(r["model"], f"{e['plain']['decode_tps']:.1f}",
+                  f"{e['mode']} {s['decode_tps']:.1f} ({s['speedup'] or 0:.2f}x)",
+                  pct(s["acceptance"]), f"{p['decode_tps']:.1f} ({p['speedup'] or 0:.2f}x)",
+                  pct(p["acceptance"]), f"{e['identical']}/{e['edits']}")
     return t

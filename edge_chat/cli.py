@@ -59,7 +59,10 @@ def _engine_options(ctx_size, threads, gpu_layers, vram, kv_type, mmap, provider
     from edge_chat.engines import EngineOptions
     if draft is not None:
         from edge_chat.store import resolve_model
-        draft = str(resolve_model(draft))
+        try:
+            draft = str(resolve_model(draft))
+        except EdgeChatError as e:
+            raise EdgeChatError(f"draft model: {e}", param="draft") from None
     return EngineOptions(n_ctx=ctx_size, threads=threads, gpu_layers=gpu_layers, vram=vram,
                          kv_type=kv_type, mmap=mmap, provider=provider,
                          speculative=speculative, draft=draft, parallel=parallel)

@@ -196,3 +196,130 @@ def test_bad_options_are_one_line_errors(request):
     with pytest.raises(EdgeChatError, match="draft model: .*not found") as e:
         load_engine(path, EngineOptions(draft="/no/such/model.gguf"))
     assert e.value.param == "draft"
+
+
+def test_small_draft_model_trained_on_the_same_corpus(request, kind, tiny_qa, tiny_draft_gguf):
+    """The fixture pair: a 1-layer model trained on the same conversations and
+    tokenizer drafts for the tiny model; greedy answers stay the plain ones and
+    some drafted tokens are accepted."""
+    eng = load_engine(_path(request, kind), EngineOptions(threads=1, speculative="draft",
+                                                          draft=str(tiny_draft_gguf)))
+    try:
+        drafted = accepted = 0
+        for prompt in prompts(eng, tiny_qa):
+            plain = run(eng, prompt, mode="off")
+            assert run(eng, prompt, mode="draft") == plain
+            drafted += eng.speculation.drafted
+            accepted += eng.speculation.accepted
+        assert drafted > 0 and 0 < accepted <= drafted
+    finally:
+        eng.close()
+
+
+@pytest.mark.real_model
+def test_draft_model_with_another_vocabulary_is_one_line_error(request, real_gemma_gguf):
+    gemma = real_gemma_gguf
+    with pytest.raises(EdgeChatError, match="different vocabulary") as e:
+        load_engine(_path(request, "gguf"), EngineOptions(threads=1, draft=str(gemma)))
+    assert e.value.param == "draft" and "\n" not in str(e.value)
+
+
+def test_adaptive_length_and_switching_off():
+    """The controller alone (timings given): the draft length grows while drafts
+    are all kept and shrinks to what was kept; rounds slower per token than plain
+    steps turn drafting off for 16 tokens, then 32; a winning round resets that."""
+    from edge_chat.engines.speculative import K_MAX, Adaptive
+    a = Adaptive()
+    a.plain(0.010)                               # a plain step: 10 ms
+    assert a.length(0) == 4
+    a.update(4, 4, 0.015, 5)                     # 5 tokens in 15 ms: wins
+    assert a.k == 8 and a.length(5) == 8
+    a.update(8, 8, 0.020, 14)
+    a.update(K_MAX, K_MAX, 0.025, 27)
+    assert a.k == K_MAX
+    a.update(K_MAX, 2, 0.025, 30)                # 3 tokens in 25 ms: still wins on average
+    assert a.k == 3 and a.length(30) == 3
+    for produced in range(31, 41):               # 1 token per 20 ms: loses
+        a.update(3, 0, 0.020, produced)
+        if a.length(produced) == 0:
+            break
+    assert a.length(produced) == 0 and a.length(produced + 15) == 0
+    assert a.length(produced + 16) > 0           # back after 16 tokens
+    a.update(1, 0, 0.020, produced + 16)         # loses again: off for 32
+    assert a.length(produced + 16 + 31) == 0 and a.length(produced + 16 + 32) > 0
+    a.begin()                                    # a new request starts drafting again
+    assert a.length(0) == 4 and a.t_plain == 0.010
+
+
+def test_lookup_and_prediction_drafts():
+    from edge_chat.engines.speculative import Lookup, Prediction
+    look = Lookup([1, 2, 3, 4, 5, 9, 1, 2, 3])
+    assert look.draft(3) == [4, 5, 9]            # "1 2 3" was followed by "4 5 9"
+    look.feed([7])
+    assert look.draft(3) == []                   # "2 3 7" never seen
+    assert Lookup([5, 6, 1, 5, 6]).draft(2) == []   # two-token matches are too weak
+    pred = Prediction([10, 11, 12, 13, 14, 15, 16])
+    assert pred.draft(3) == [10, 11, 12]         # nothing generated yet: from the start
+    pred.feed([10, 11, 99])                      # an edit: off the prediction
+    assert pred.draft(2) == []
+    pred.feed([13, 14])                          # back on it: found again by n-gram
+    assert pred.draft(2) == [15, 16]
+
+
+def test_cli_options(tiny_gguf, tiny_draft_gguf, tiny_qa):
+    """`chat --speculative/--draft`: the answer and the acceptance on stderr with
+    --stats; bad values are one `error:` line."""
+    import os
+    import subprocess
+    import sys
+    exe = [sys.executable, "-m", "edge_chat", "chat", str(tiny_gguf["f16"]), "--threads", "1",
+           "--temperature", "0"]
+    env = dict(os.environ)
+    qa = tiny_qa[0]
+    p = subprocess.run(exe + ["-p", qa.messages[-1]["content"], "--stats", "--speculative",
+                              "draft", "--draft", str(tiny_draft_gguf)],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == qa.answer and "drafted accepted" in p.stderr
+    for args, match in ((["--speculative", "sometimes"], "--speculative must be one of"),
+                        (["--draft", "/no/such.gguf"], "draft model: ")):
+        p = subprocess.run(exe + ["-p", "hi", *args], capture_output=True, text=True, env=env,
+                           timeout=300)
+        assert p.returncode != 0 and p.stderr.startswith("error:") and match in p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_predicted_outputs_through_the_api(tiny_gguf, tiny_onnx, tiny_qa, tmp_path):
+    """OpenAI's `prediction` through a real `edge_chat serve` and the openai client:
+    the same answer, accepted/rejected prediction tokens in usage; a bad shape is a 400."""
+    import openai
+
+    from tests.test_server_helpers import FAST, Server, make_store
+    store = make_store(tmp_path / "store", {"tiny.gguf": tiny_gguf["f16"],
+                                            "tiny-onnx": tiny_onnx["int8"]})
+    server = Server(store, *FAST, log=tmp_path / "server.log")
+    try:
+        client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+        qa = tiny_qa[0]
+        for model in ("tiny", "tiny-onnx"):
+            plain = client.chat.completions.create(model=model, messages=qa.messages,
+                                                   temperature=0)
+            assert plain.usage.completion_tokens_details is None
+            r = client.chat.completions.create(
+                model=model, messages=qa.messages, temperature=0,
+                prediction={"type": "content", "content": qa.answer})
+            assert r.choices[0].message.content == plain.choices[0].message.content
+            d = r.usage.completion_tokens_details
+            assert d.accepted_prediction_tokens > 0 and d.rejected_prediction_tokens == 0
+            wrong = client.chat.completions.create(
+                model=model, messages=qa.messages, temperature=0,
+                prediction={"type": "content", "content": [
+                    {"type": "text", "text": "The capital of Spain is Madrid, of course."}]})
+            assert wrong.choices[0].message.content == plain.choices[0].message.content
+            assert wrong.usage.completion_tokens_details.rejected_prediction_tokens > 0
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="tiny", messages=qa.messages,
+                                           prediction={"type": "content", "content": 3})
+        assert e.value.body["param"] == "prediction"
+    finally:
+        server.stop()

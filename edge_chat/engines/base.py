@@ -14,6 +14,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from edge_chat.chat.params import SamplingParams
+    from edge_chat.engines.speculative import SpecStats
 
 #: (the tokens generated so far in this answer, the float32 logits row of the next
 #: position) -> modifies the row in place (e.g. -inf on tokens a grammar forbids).
@@ -101,6 +102,8 @@ class Engine(Protocol):
     #: how many prompt tokens the last `generate` call really evaluated
     #: (the rest came from the KV cache: prefix reuse)
     n_prompt_evaluated: int
+    #: speculative decoding in the last `generate` call (drafted, accepted, ...)
+    speculation: "SpecStats"
 
     def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
         """Token ids of `text`; special tokens written in the text
@@ -119,14 +122,17 @@ class Engine(Protocol):
 
     def generate(self, prompt: list[int], params: "SamplingParams", *,
                  processors: Sequence[LogitsProcessor] = (),
-                 logprobs: int | None = None) -> Iterator[Token]:
+                 logprobs: int | None = None,
+                 prediction: Sequence[int] | None = None) -> Iterator[Token]:
         """Yield sampled tokens after `prompt`, forever or until an
         end-of-generation token (which is yielded too), a full window or
         `cancel()`. Reuses the KV cache for the longest common prefix with
         the previous call. Closing the iterator stops the work.
         `processors` modify each logits row before sampling; `logprobs`
         None leaves Token.logprob None, k >= 0 fills the chosen token's raw
-        logprob and the k best alternatives."""
+        logprob and the k best alternatives. `prediction`: tokens the answer
+        is expected to repeat (Predicted Outputs), drafted for speculative
+        decoding - the answer is the same with or without it."""
 
     def logprobs(self, tokens: list[int]) -> np.ndarray:
         """log p(tokens[i+1] | tokens[:i+1]) for each i (perplexity)."""

@@ -153,9 +153,10 @@ class LocalEngine:
             # the cache holds everything before `tok`; `tok` is evaluated next
             if self.is_eog(tok.id) or len(self.kv) >= n_ctx:
                 return
+            # the time a round takes to draft, evaluate and sample (not the consumer's)
+            t0 = clock()
             k = min(ctl.length(len(out)), n_ctx - len(self.kv) - 1)
             draft = drafters.draft(k) if k > 0 else []
-            t0 = clock()
             with self._lock:
                 if stop():
                     return
@@ -168,9 +169,11 @@ class LocalEngine:
             from_prediction = drafters.last.kind == "prediction"
             stats.rounds += 1
             stats.drafted += len(draft)
-            accepted = 0
+            accepted, busy = 0, clock() - t0
             for i in range(len(draft) + 1):
+                t1 = clock()
                 tok = self.pick(rows[i], out, sampler, processors, logprobs)
+                busy += clock() - t1
                 if i == len(draft) or tok.id != draft[i] or stop():
                     break
                 accepted += 1
@@ -184,11 +187,13 @@ class LocalEngine:
                     break
             if from_prediction:
                 stats.prediction_rejected += len(draft) - accepted
+            t1 = clock()
             with self._lock:
                 if stop():
                     return
                 self.trim(base + 1 + accepted)      # the rejected tail leaves the cache
-            ctl.update(len(draft), accepted, clock() - t0, len(out))
+            busy += clock() - t1
+            ctl.update(len(draft), accepted, busy, len(out))
             if self.is_eog(out[-1]):
                 return
 

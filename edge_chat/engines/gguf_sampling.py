@@ -97,9 +97,11 @@ class ChainSampler:
         self._lc.llama_sampler_accept(self.chain, token)
 
     def close(self) -> None:
-        chain, self.chain = self.chain, None
+        chain, self.chain = getattr(self, "chain", None), None
         if chain:
             self._lc.llama_sampler_free(chain)
+
+    __del__ = close         # a generate() that was never iterated
 
 
 class GrammarProcessor:
