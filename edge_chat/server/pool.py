@@ -126,6 +126,12 @@ class Entry:
 
     # -- worker thread ------------------------------------------------------
     def load(self, wait: list[Future]) -> None:
+        try:
+            self._load(wait)
+        finally:
+            self.ready.set()        # the jobs waiting for it run (or fail) now
+
+    def _load(self, wait: list[Future]) -> None:
         for f in wait:                  # the evicted models are closed first
             try:
                 f.result()
@@ -143,12 +149,8 @@ class Entry:
         except Exception as e:  # noqa: BLE001
             self.error = EdgeChatError(f"cannot load model '{self.name}': {e}", status=500)
             return
-        finally:
-            if self.model is None:
-                self.ready.set()
-        self.model = model
         self._describe_slots(model)
-        self.ready.set()
+        self.model = model
 
     def _describe_slots(self, model: ChatModel) -> None:
         """Slots, the KV memory they take, and what falls back (log and /health)."""
