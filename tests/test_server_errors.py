@@ -210,6 +210,7 @@ def test_queue_full_is_503_with_retry_after(http, server, tiny_gguf):
     (["--chat-template", "no-such-template"], "--chat-template"),
     (["--max-queue", "-1"], "--max-queue"),
     (["--max-loaded", "0"], "--max-loaded"),
+    (["--parallel", "0"], "--parallel"),
     (["--log-level", "loud"], "--log-level"),
 ])
 def test_serve_refuses_bad_options_before_binding(tmp_path, args, needle):
