@@ -63,11 +63,13 @@ def concurrency(model, cfg, filler: list[int], say=None) -> list[dict]:
 
 
 def _view(model):
-    """A ChatModel over the engine's per-request view (its own counts)."""
-    from edge_chat.chat.completion import ChatModel
+    """The ChatModel over the engine's per-request view (its own counts)."""
+    import copy
+
     from edge_chat.engines import request_view
-    return ChatModel(request_view(model.engine), model.template,
-                     context_policy=model.context_policy)
+    view = copy.copy(model)
+    view.engine = request_view(model.engine)
+    return view
 
 
 def concurrency_table(results: list[dict]):

@@ -13,6 +13,7 @@ generation at the next step, freeing its slot.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import threading
 from collections import OrderedDict
@@ -175,9 +176,9 @@ class Entry:
 
     def job_model(self, job: Job) -> ChatModel:
         """The ChatModel a job runs on: its own view of the engine (cancel, counts)."""
-        model = self.model
-        return ChatModel(_CountingEngine(request_view(model.engine), self, job), model.template,
-                         context_policy=model.context_policy)
+        model = copy.copy(self.model)
+        model.engine = _CountingEngine(request_view(model.engine), self, job)
+        return model
 
     def work(self, job: Job, fn: Callable[[ChatModel], Iterator[Event]]) -> None:
         self.ready.wait()
