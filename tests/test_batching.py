@@ -258,3 +258,32 @@ def test_onnx_falls_back_to_one_request_at_a_time(tiny_onnx, tmp_path):
         assert "serves one request at a time" in s.output()
     finally:
         s.stop()
+
+
+def test_cancel_frees_the_slot_within_two_steps(batch_engine, tiny_gguf):
+    eng = batch_engine
+    ban = {int(t): -100.0 for t in no_eog(tiny_gguf["q8_0"])}
+    params = SamplingParams(temperature=0, max_tokens=400, logit_bias=ban)
+    steps: list[list[tuple]] = []
+    sessions = [eng.session() for _ in range(2)]
+    gens = [s.generate(tokens_of(eng, qa.messages), params)
+            for s, qa in zip(sessions, TRAINED_QA[3:5])]
+    for g in gens:
+        next(g)
+    seqs = set()
+    eng.on_step = steps.append
+    try:
+        while len(steps) < 3:           # both decode, step after step
+            next(gens[0])
+        seqs = {ev[1] for ev in steps[-1] if ev[0] == "decode"}
+        assert len(seqs) == 2
+        mark = len(steps)
+        sessions[1].cancel()            # the client of the second one left
+        for _ in range(6):
+            next(gens[0])
+    finally:
+        eng.on_step = None
+        for g in gens:
+            g.close()
+    after = [{ev[1] for ev in step if ev[0] == "decode"} for step in steps[mark:]]
+    assert len(after) >= 3 and all(len(s) == 1 for s in after[2:])
