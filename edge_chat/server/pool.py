@@ -170,7 +170,8 @@ class Entry:
                  f"{fmt_size(self.memory['kv_bytes_total'])} in total" if kv else "")
 
     def counted(self, job: Job) -> None:
-        self.pool.stats["tokens_generated"] += 1
+        with self.lock:             # several jobs count at once
+            self.pool.stats["tokens_generated"] += 1
         if job.cancelled:
             job.overrun += 1
 
