@@ -164,6 +164,10 @@ class Entry:
             self.gate = threading.Semaphore(slots)
         self.slots = slots
         self.memory = engine.memory() if slots > 1 else {"slots": 1, "ctx_per_slot": info.n_ctx}
+        if slots > 1 and (self.pool.config.engine.draft
+                          or self.pool.config.engine.speculative not in ("auto", "off")):
+            log.warning("%s: speculative decoding is off while %d requests decode together "
+                        "(--parallel 1 turns it on)", self.name, slots)
         kv = self.memory.get("kv_bytes_per_slot")
         log.info("loaded %s (%s, %d slot(s), context %d per slot%s)", self.name, info.format,
                  slots, info.n_ctx, f", KV cache {fmt_size(kv)} per slot, "
