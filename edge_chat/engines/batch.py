@@ -85,7 +85,7 @@ class BatchEngine:
         self.n_prompt_evaluated = 0
         self.speculation = SpecStats()          # speculative decoding is off when batching
         self.closed = False
-        self._live: set[_Request] = set()      # requests of generate() calls without a session
+        self._live: set[_Request] = set()      # the requests being read (cancel() stops them)
         self._waiting: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._clock = itertools.count(1)
@@ -126,6 +126,7 @@ class BatchEngine:
         return self._stream(req, _owner or self)
 
     def _stream(self, req: _Request, owner) -> Iterator[Token]:
+        self._live.add(req)
         owner._live.add(req)
         with self._cond:
             self._waiting.append(req)
@@ -143,6 +144,7 @@ class BatchEngine:
                     first = False
                 yield item
         finally:
+            self._live.discard(req)
             owner._live.discard(req)
             self._drop(req)
 
