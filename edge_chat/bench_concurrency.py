@@ -1,7 +1,8 @@
 """`edge_chat bench --concurrency 1,2,4`: several clients at once on one model.
 
 The model is opened with --parallel = the largest concurrency (continuous
-batching on GGUF; ONNX serves one at a time, so its streams queue). For each
+batching on GGUF; ONNX serves one at a time, so its streams queue as in the
+server, and their TTFT includes the wait). For each
 concurrency c, c threads start together, each streaming `gen` greedy tokens
 (end-of-generation banned) after its own prompt of the first --prompt-lengths
 size (different text per stream, so no stream reuses another's cache).
@@ -33,13 +34,15 @@ def concurrency(model, cfg, filler: list[int], say=None) -> list[dict]:
         prompts = [exact_prompt(model, n, filler[i * 7:]) for i in range(c)]
         stats: list = [None] * c
         start = threading.Barrier(c + 1)
+        slots = threading.Semaphore(model.engine.capabilities.slots)   # the others queue
 
         def stream(i: int) -> None:
             view = _view(model)
             start.wait()
-            for ev in view.stream(None, params, prompt=Prompt([], "", prompts[i])):
-                if ev.stats is not None:
-                    stats[i] = ev.stats
+            with slots:
+                for ev in view.stream(None, params, prompt=Prompt([], "", prompts[i])):
+                    if ev.stats is not None:
+                        stats[i] = ev.stats
 
         threads = [threading.Thread(target=stream, args=(i,)) for i in range(c)]
         for t in threads:

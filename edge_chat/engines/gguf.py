@@ -95,7 +95,8 @@ class GGUFEngine(LocalEngine):
         ctx = default_n_ctx(gguf.context_length, n_ctx)
         if ctx < 1:
             raise EdgeChatError(f"n_ctx must be positive, not {n_ctx}", param="n_ctx")
-        self.n_gpu_layers = gpu_layers_for(gguf, gpu_layers, vram, ctx, kv_type)
+        n_seq = max(1, int(n_seq))
+        self.n_gpu_layers = gpu_layers_for(gguf, gpu_layers, vram, ctx * n_seq, kv_type)
         lc = self._lc = _llama()
         _log["quiet"] = not verbose
         threads = threads or physical_cores()
@@ -108,7 +109,6 @@ class GGUFEngine(LocalEngine):
         if not self._model:
             raise ModelLoadError(f"llama.cpp cannot load {path}{_last_log()}")
         cp = lc.llama_context_default_params()
-        n_seq = max(1, int(n_seq))
         cp.n_ctx = ctx * n_seq          # `ctx` is each sequence's window
         cp.n_batch = cp.n_ubatch = N_BATCH
         cp.n_seq_max = n_seq
