@@ -84,6 +84,9 @@ def test_concurrent_greedy_answers_equal_lone_answers(servers):
     m = h["loaded"][0]
     assert h["parallel"] == 4 and m["slots"] == 4 and m["ctx_per_slot"] == 4096
     assert m["kv_bytes_total"] == 4 * m["kv_bytes_per_slot"] > 0
+    one = alone.wait_idle()["loaded"][0]          # --parallel 1: one slot of the same size
+    assert one["slots"] == 1 and one["kv_bytes_total"] == one["kv_bytes_per_slot"] > 0
+    assert one["kv_bytes_per_slot"] == m["kv_bytes_per_slot"] // 4   # --ctx-size 1024 there
 
 
 def test_per_request_seed_stop_max_tokens_and_n(servers):

@@ -104,12 +104,6 @@ class BatchEngine:
         # tokenize, detokenize, token_bytes, is_eog, grammar_for, ...
         return getattr(self.engine, name)
 
-    def memory(self) -> dict:
-        """KV cache bytes per slot and in total."""
-        per_slot = self.info.extra.get("kv_bytes_per_token", 0) * self.info.n_ctx
-        return {"slots": len(self.slots), "ctx_per_slot": self.info.n_ctx,
-                "kv_bytes_per_slot": per_slot, "kv_bytes_total": per_slot * len(self.slots)}
-
     def session(self) -> Session:
         return Session(self)
 

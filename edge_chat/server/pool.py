@@ -163,7 +163,11 @@ class Entry:
                         self.name, info.format, self.slots)
             self.gate = threading.Semaphore(slots)
         self.slots = slots
-        self.memory = engine.memory() if slots > 1 else {"slots": 1, "ctx_per_slot": info.n_ctx}
+        self.memory = {"slots": slots, "ctx_per_slot": info.n_ctx}
+        per_token = info.extra.get("kv_bytes_per_token")     # GGUF engines state it
+        if per_token:
+            self.memory.update(kv_bytes_per_slot=per_token * info.n_ctx,
+                               kv_bytes_total=per_token * info.n_ctx * slots)
         if slots > 1 and (self.pool.config.engine.draft
                           or self.pool.config.engine.speculative not in ("auto", "off")):
             log.warning("%s: speculative decoding is off while %d requests decode together "
