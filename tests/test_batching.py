@@ -101,6 +101,9 @@ def test_per_request_seed_stop_max_tokens_and_n(servers):
         {"temperature": 0, "max_tokens": 3},
         {"temperature": 1.2, "seed": 9, "presence_penalty": 1.0, "max_tokens": 16},
         {"temperature": 0, "max_tokens": 16, "logprobs": True, "top_logprobs": 2},
+        {"temperature": 0, "max_tokens": 24, "response_format": {"type": "json_object"}},
+        {"temperature": 0.8, "seed": 4, "max_tokens": 24,
+         "response_format": {"type": "json_object"}},
     ]
     lone = [ask(alone, msgs, **kw) for kw in requests]
     together = concurrently(lambda kw: ask(batched, msgs, **kw), requests)
@@ -108,6 +111,7 @@ def test_per_request_seed_stop_max_tokens_and_n(servers):
     assert together[3][0] == ["The capital of France is "] and together[3][1] == ["stop"]
     assert together[5][1] == ["length"] and together[5][2] == 3
     assert len(together[2][0]) == 3 and together[0][0] != together[1][0]
+    assert together[8][0][0].lstrip().startswith("{")      # the grammar held under batching
 
 
 def test_disconnects_free_their_slots(servers):
