@@ -9,6 +9,10 @@ from edge_chat.errors import EdgeChatError, ModelLoadError, ModelNotFound
 from edge_chat.store import model_kind
 
 
+#: most sequences one context decodes together (llama.cpp's own limit is 256)
+MAX_PARALLEL = 256
+
+
 @dataclass
 class EngineOptions:
     """Load options every front-end passes through unchanged."""
@@ -22,6 +26,12 @@ class EngineOptions:
     speculative: str = "auto"             # auto | lookup | draft | off
     draft: str | None = None              # a draft model (same vocabulary) path
     parallel: int = 1                     # GGUF: sequences decoded together (batch.py)
+
+
+def check_parallel(n: int) -> None:
+    if not 1 <= n <= MAX_PARALLEL:
+        raise EdgeChatError(f"--parallel must be between 1 and {MAX_PARALLEL}",
+                            param="parallel")
 
 
 def _is_gguf_file(path: Path) -> bool:
@@ -42,8 +52,7 @@ def load_engine(path: Path, options: EngineOptions | None = None):
                             f"not '{o.speculative}'", param="speculative")
     if o.speculative == "draft" and not o.draft:
         raise EdgeChatError("--speculative draft needs --draft MODEL", param="draft")
-    if o.parallel < 1:
-        raise EdgeChatError("--parallel must be >= 1", param="parallel")
+    check_parallel(o.parallel)
     engine = _load(Path(path), o)
     if engine.capabilities.slots > 1:
         return engine       # batching: no speculative decoding (batch.py)
