@@ -245,6 +245,9 @@ def test_a_conversation_coming_back_reuses_its_slot(batch_engine):
         drain(s.generate(follow, params), 4)
         # the cache held the prompt and the answer but its last (end-of-turn) token
         assert s.n_prompt_evaluated == len(follow) - (len(prompt) + len(answer) - 1)
+    again = eng.session()                          # the same prompt again (regenerate)
+    assert drain(again.generate(convs[0], params), 64) == answers[0]
+    assert again.n_prompt_evaluated == 1            # only its last token, for fresh logits
 
 
 def test_onnx_falls_back_to_one_request_at_a_time(tiny_onnx, tmp_path):

@@ -301,11 +301,12 @@ class BatchEngine:
 
 def _reuse(slot: _Slot, prompt: Sequence[int]) -> int:
     """The prompt tokens a slot's cache saves, counted only when the prompt keeps
-    at least half of that cache (the same conversation coming back): a new
-    conversation that merely shares a system prompt takes the least recently
-    used slot rather than evict another conversation's cache."""
+    at least half of that cache (the same conversation coming back) or is wholly
+    in it (the same prompt again): a new conversation that merely shares a system
+    prompt takes the least recently used slot rather than evict another
+    conversation's cache."""
     n = slot.kv.common_prefix(prompt)
-    return n if 2 * n >= len(slot.kv) else 0
+    return n if 2 * n >= len(slot.kv) or n >= len(prompt) - 1 else 0
 
 
 def _average(old: float, new: float) -> float:
