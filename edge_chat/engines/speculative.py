@@ -35,7 +35,7 @@ K_MAX = 12
 COST_PER_DRAFT = 0.25
 #: the n-gram sizes prompt lookup matches, longest first
 LOOKUP_NGRAMS = (4, 3)
-PREDICTION_NGRAMS = (4, 3, 2, 1)
+PREDICTION_NGRAMS = (4, 3, 2)
 MODES = ("auto", "lookup", "draft", "off")
 
 
