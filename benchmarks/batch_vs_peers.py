@@ -6,7 +6,8 @@ For each concurrency c, c streaming clients start together, each with its own pr
 greedy, end-of-generation banned (exactly --gen tokens each). Reported: aggregate tok/s
 (c x gen / wall time), per-stream decode tok/s ((gen - 1) / time after the first
 chunk, median over the streams), TTFT (median and worst), the ratios of the issue's
-targets, and whether every greedy answer under load equals the same request alone.
+targets, whether every greedy answer under load equals the same request alone, and the
+longest stall of 3 running streams while a 2,000-token prompt is prefilled (ours).
 The servers run one after the other, never side by side.
 
     python benchmarks/batch_vs_peers.py [--model FILE.gguf] [--threads 2] [--gen 128]
@@ -128,9 +129,51 @@ def clients(url: str, model: str, c: int, gen: int, bias: dict) -> dict:
             "texts": [r["text"] for r in out]}
 
 
+def stall(url: str, model: str, bias: dict, n_long: int = 2000) -> dict:
+    """Three streams run; a prompt of ~n_long tokens arrives. The longest gap between two
+    tokens of a running stream while the long prompt is prefilled, against their usual gap."""
+    import httpx
+    from edge_chat.bench import FILLER
+    times: list[list[float]] = [[], [], []]
+    stop = threading.Event()
+
+    def run(i: int) -> None:
+        body = {"model": model, "messages": [{"role": "user", "content": PROMPTS[i]}],
+                "stream": True, "temperature": 0, "max_tokens": 2000, "logit_bias": bias}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=1800) as r:
+            for line in r.iter_lines():
+                if '"content"' in line:
+                    times[i].append(time.perf_counter())
+                if stop.is_set():
+                    return
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in ts:
+        t.start()
+    while min(len(x) for x in times) < 10:
+        time.sleep(0.05)
+    words = (FILLER * (n_long // 100 + 1)).split()[: int(n_long * 0.75)]
+    t_send = time.perf_counter()
+    long = stream_once(url, model, " ".join(words) + "\nSummarize.", 4, bias)
+    t_first = long["start"] + long["ttft"]
+    stop.set()
+    for t in ts:
+        t.join()
+
+    def gaps(x, a, b):
+        return [q - p for p, q in zip(x, x[1:]) if a <= q <= b]
+
+    during = [g for x in times for g in gaps(x, t_send, t_first + 0.5)]
+    before = [g for x in times for g in gaps(x, 0, t_send)]
+    return {"long_ttft": long["ttft"], "max_gap": max(during or [0.0]),
+            "usual_gap": C.med(before) if before else 0.0}
+
+
 def serve_and_measure(name: str, cmd: list[str], port: int, model: str, levels, gen, bias,
-                      log: Path, lone: list | None = None) -> list[dict]:
-    """Rows per concurrency level; `lone` (a list) gets each prompt's answer served alone."""
+                      log: Path, lone: list | None = None,
+                      stall_row: dict | None = None) -> list[dict]:
+    """Rows per concurrency level; `lone` (a list) gets each prompt's answer served alone,
+    `stall_row` (a dict) the stall measurement."""
     C.say(f"{name}: starting")
     srv = Srv(cmd, port, log)
     try:
@@ -140,6 +183,9 @@ def serve_and_measure(name: str, cmd: list[str], port: int, model: str, levels, 
             lone += [stream_once(srv.url, model, p, gen, bias)["text"]
                      for p in PROMPTS[:max(levels)]]
         rows = []
+        if stall_row is not None:
+            C.say(f"{name}: a 2,000-token prompt arrives while 3 streams run")
+            stall_row.update(stall(srv.url, model, bias))
         for c in levels:
             C.wait_quiet(timeout=60)
             C.say(f"{name}: {c} client(s)")
@@ -189,11 +235,12 @@ def main() -> None:
           f"client")
     port = free_port()
     lone: list[str] = []
+    stalled: dict = {}
     rows = serve_and_measure(
         "edge_chat --parallel", [sys.executable, "-m", "edge_chat", "serve", str(model),
                                  "--parallel", str(max(levels)), "--threads", str(a.threads),
                                  "--port", str(port), "--log-level", "warning"],
-        port, model.stem, levels, a.gen, bias, logs / "edge_chat.log", lone)
+        port, model.stem, levels, a.gen, bias, logs / "edge_chat.log", lone, stalled)
     if not a.no_peer:
         port = free_port()
         rows += serve_and_measure(
@@ -233,6 +280,11 @@ def main() -> None:
         same = sum(t == want for t, want in pairs)
         checks.append(["greedy answers under load equal to the lone answer",
                        f"{same}/{len(pairs)}", "all", C.verdict(same == len(pairs))])
+        if stalled:
+            gap, usual = stalled["max_gap"], stalled["usual_gap"]
+            steps = f" ({gap / usual:.1f} usual gaps)" if usual else ""
+            checks.append(["longest stall of a running stream while 2k tokens prefill",
+                           f"{gap:.2f} s{steps}", "<= 0.5 s", C.verdict(gap <= 0.5)])
         C.print_rows("targets (noisy on a shared machine)", ["what", "value", "target", ""],
                      checks)
 
