@@ -42,8 +42,9 @@ if TYPE_CHECKING:
     from edge_chat.chat.params import SamplingParams
     from edge_chat.engines.gguf import GGUFEngine
 
-#: a prefill chunk may cost at most this many decode steps' time
-STALL_STEPS = 4
+#: a prefill chunk may cost at most this many decode steps' time (so a running
+#: stream waits at most ~4 steps' time for its next token: the chunk and its own step)
+STALL_STEPS = 3
 #: prefill chunk bounds (tokens) while other sequences decode
 MIN_CHUNK = 16
 FIRST_CHUNK = 64
