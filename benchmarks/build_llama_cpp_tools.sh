@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build llama.cpp's own llama-bench and llama-perplexity from the very source of the
+# Build llama.cpp's own llama-bench, llama-perplexity and llama-batched-bench from the very source of the
 # llama-cpp-python release we use, so benchmarks/gguf_vs_peers.py can compare against
 # them. Nothing here is a dependency of edge_chat. About 8 minutes on 2 cores.
 #
@@ -15,7 +15,8 @@ JOBS="${JOBS:-2}"
 PY="${PYTHON:-python3}"
 OUT="$CACHE/llama.cpp-$VER"
 
-if [[ -x "$OUT/bin/llama-bench" && -x "$OUT/bin/llama-perplexity" ]]; then
+if [[ -x "$OUT/bin/llama-bench" && -x "$OUT/bin/llama-perplexity" && \
+      -x "$OUT/bin/llama-batched-bench" ]]; then
   echo "$OUT/bin"; exit 0
 fi
 mkdir -p "$CACHE"
@@ -31,11 +32,13 @@ SRC="$WORK/llama_cpp_python-$VER/vendor/llama.cpp"
 echo "configuring ..." >&2
 cmake -S "$SRC" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
       -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF >&2
-echo "building llama-bench and llama-perplexity with -j$JOBS ..." >&2
-cmake --build "$WORK/build" -j"$JOBS" --target llama-bench llama-perplexity >&2
+echo "building llama-bench, llama-perplexity and llama-batched-bench with -j$JOBS ..." >&2
+cmake --build "$WORK/build" -j"$JOBS" --target llama-bench llama-perplexity \
+      llama-batched-bench >&2
 
 mkdir -p "$WORK/out/bin"
-cp "$WORK/build/bin/llama-bench" "$WORK/build/bin/llama-perplexity" "$WORK/out/bin/"
+cp "$WORK/build/bin/llama-bench" "$WORK/build/bin/llama-perplexity" \
+   "$WORK/build/bin/llama-batched-bench" "$WORK/out/bin/"
 (cd "$SRC" && git rev-parse HEAD 2>/dev/null || true) > "$WORK/out/COMMIT"
 echo "$VER" > "$WORK/out/VERSION"
 rm -rf "$OUT"

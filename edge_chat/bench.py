@@ -47,19 +47,21 @@ class BenchConfig:
     history: int = 1536                  # tokens of history before the second turn
     edits: int = 3                       # code edits of the speculative workload (0: skip)
     edit_tokens: int = 400               # most tokens of one edit's answer
+    concurrency: list[int] = field(default_factory=list)  # clients at once (bench_concurrency)
     chat_template: str | None = None
     options: dict = field(default_factory=dict)   # EngineOptions fields
 
 
-def parse_lengths(text: str) -> list[int]:
+def parse_lengths(text: str, option: str = "--prompt-lengths", least: int = 2) -> list[int]:
+    """A comma-separated list of numbers >= `least` (e.g. 128,1024)."""
+    param = option.lstrip("-").replace("-", "_")
     try:
         out = [int(x) for x in str(text).replace(" ", "").split(",") if x]
     except ValueError:
-        raise EdgeChatError(f"--prompt-lengths: {text!r} is not a comma-separated list of "
-                            "numbers (e.g. 128,1024)", param="prompt_lengths") from None
-    if not out or any(n < 2 for n in out):
-        raise EdgeChatError("--prompt-lengths: give lengths of at least 2 tokens",
-                            param="prompt_lengths")
+        raise EdgeChatError(f"{option}: {text!r} is not a comma-separated list of "
+                            "numbers (e.g. 128,1024)", param=param) from None
+    if not out or any(n < least for n in out):
+        raise EdgeChatError(f"{option}: give numbers of at least {least}", param=param)
     return out
 
 
@@ -244,8 +246,10 @@ def measure(path: str, cfg: BenchConfig, progress=None) -> dict:
     import_s = time.perf_counter() - t
     rss0 = rss_bytes()
     t = time.perf_counter()
-    model = open_chat(str(p), EngineOptions(**cfg.options), chat_template=cfg.chat_template,
-                      need_template=False)
+    options = EngineOptions(**cfg.options)
+    if cfg.concurrency:
+        options.parallel = max(cfg.concurrency)
+    model = open_chat(str(p), options, chat_template=cfg.chat_template, need_template=False)
     load_s = time.perf_counter() - t
     rss_loaded = rss_bytes()
     try:
@@ -256,6 +260,12 @@ def measure(path: str, cfg: BenchConfig, progress=None) -> dict:
                "import_s": import_s, "load_s": load_s, "rss_before_load": rss0,
                "rss_after_load": rss_loaded, "config": asdict(cfg), "lengths": []}
         runner = Runner(model, cfg)
+        if cfg.concurrency:     # only this workload: the engine is a batching one
+            from edge_chat.bench_concurrency import concurrency
+            out["slots"] = model.engine.capabilities.slots
+            out["concurrency"] = concurrency(model, cfg, runner.filler, say)
+            out["peak_rss"] = peak_rss_bytes()
+            return out
         mode, model.engine.speculative = model.engine.speculative, "off"
         try:    # raw prefill/decode speed: speculation has its own workload
             for n in cfg.prompt_lengths:
@@ -360,9 +370,11 @@ def table(results: list[dict]):
             if (r.get("others_cpu") or 0) > 0.1]
     note = ("[yellow]other processes kept the CPUs busy during the run "
             f"({', '.join(busy)}): these numbers are noisy[/]") if busy else ""
+    from edge_chat.bench_concurrency import concurrency_table
     from edge_chat.bench_edit import edit_table
-    edits = edit_table(results)
-    return Group(models, speed, *([edits] if edits is not None else []), note)
+    extra = [t for t in (edit_table(results), concurrency_table(results)) if t is not None]
+    speeds = [speed] if any(r.get("lengths") for r in results) else []
+    return Group(models, *speeds, *extra, note)
 
 
 def _child(spec_json: str) -> int:

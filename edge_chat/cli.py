@@ -173,7 +173,11 @@ def serve(
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGE_CHAT_API_KEY",
                                           help="Require 'Authorization: Bearer KEY' on /v1/*."),
     max_loaded: int = typer.Option(2, "--max-loaded", help="Models kept in memory at once."),
-    max_queue: int = typer.Option(8, "--max-queue", help="Requests waiting per model (then 503)."),
+    max_queue: int = typer.Option(8, "--max-queue", help="Requests waiting per model beyond "
+                                  "its --parallel slots (then 503)."),
+    parallel: int = typer.Option(4, "--parallel", "-np", help="Requests decoded together per "
+                                 "GGUF model (continuous batching; each slot has its own "
+                                 "--ctx-size window); 1: one at a time."),
     cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin",
                                                     help="Allow this browser origin (repeatable)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
@@ -186,6 +190,8 @@ def serve(
     engine: EngineOptions = None,
 ):
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)."""
+    from dataclasses import replace
+
     from edge_chat.engines.gguf_file import parse_size
     from edge_chat.server import ServerConfig
     from edge_chat.server import serve as run_server
@@ -195,7 +201,7 @@ def serve(
         max_loaded=max_loaded, max_queue=max_queue, cors_origins=cors_origin or [],
         chat_template=chat_template, allowed_hosts=allowed_host or [],
         max_body=parse_size(max_body), allow_special=allow_special,
-        engine=engine),
+        engine=replace(engine, parallel=parallel)),
         log_level=log_level)
 
 
@@ -213,6 +219,9 @@ def bench(
                                 help="Tokens of history before the second turn (0: skip it)."),
     edits: int = typer.Option(3, "--edits", min=0, help="Code edits answered plain, speculative "
                               "and with a prediction (acceptance, effective tok/s); 0: skip."),
+    concurrency: Optional[str] = typer.Option(
+        None, "--concurrency", help="Clients at once, comma-separated (e.g. 1,2,4): aggregate "
+        "and per-stream tok/s and TTFT with continuous batching (only this workload)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write bar charts to this PNG."),
     chat_template: Optional[str] = TemplateOpt,
@@ -231,7 +240,9 @@ def bench(
         require_matplotlib()
     opts = asdict(engine)
     cfg = BenchConfig(prompt_lengths=parse_lengths(prompt_lengths), gen=gen, reps=reps,
-                      history=history, edits=edits, chat_template=chat_template, options=opts)
+                      history=history, edits=edits, chat_template=chat_template, options=opts,
+                      concurrency=parse_lengths(concurrency, "--concurrency", 1)
+                      if concurrency else [])
     results = bench_models(paths, cfg, quiet=json_out)
     if json_out:
         print(json.dumps(results, indent=2))

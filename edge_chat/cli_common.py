@@ -74,6 +74,8 @@ def _engine_parameters() -> list[inspect.Parameter]:
     out = []
     for f in fields(EngineOptions):
         meta = f.metadata
+        if "flags" not in meta:         # set by one command's own option (serve --parallel)
+            continue
         flags = meta["flags"]
         decls = [flags] if meta["cli_type"] is bool else flags.split("/")
         out.append(inspect.Parameter(

@@ -129,3 +129,21 @@ def test_exact_prompt_has_the_asked_length(tiny_gguf):
             exact_prompt(m, 3, filler)
     finally:
         m.engine.close()
+
+
+def test_bench_concurrency(tiny_gguf):
+    r = _bench([str(tiny_gguf["q4_k_m"]), "--concurrency", "1,2,4", "--prompt-lengths", "32",
+                "--gen", "16", "--threads", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    (res,) = json.loads(r.stdout)
+    assert res["slots"] == 4 and "lengths" not in res or not res["lengths"]
+    rows = res["concurrency"]
+    assert [row["concurrency"] for row in rows] == [1, 2, 4]
+    for row in rows:
+        assert row["streams"] == row["concurrency"]
+        assert row["tokens"] == 16 * row["concurrency"]     # EOG banned: --gen each
+        assert row["aggregate_tps"] > 0 and row["stream_decode_tps"] > 0
+        assert 0 < row["ttft_median"] <= row["ttft_max"]
+    assert rows[0]["x_single"] == 1.0
+    r = _bench([str(tiny_gguf["q4_k_m"]), "--concurrency", "0,2"])
+    assert r.exit_code == 1 and "--concurrency" in r.stderr

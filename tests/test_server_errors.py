@@ -20,7 +20,8 @@ def server(tiny_gguf, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("errors")
     store = make_store(tmp / "store", {"tiny-q8_0.gguf": tiny_gguf["q8_0"]})
     (tmp / "secret.gguf").write_bytes(b"GGUF not really")       # outside the store
-    s = Server(store, *FAST, "--api-key", KEY, "--max-queue", "0", "--ctx-size", "4096",
+    s = Server(store, *FAST, "--parallel", "1", "--api-key", KEY, "--max-queue", "0",
+               "--ctx-size", "4096",
                log=tmp / "server.log")
     s.outside = tmp / "secret.gguf"
     yield s
@@ -209,6 +210,7 @@ def test_queue_full_is_503_with_retry_after(http, server, tiny_gguf):
     (["--chat-template", "no-such-template"], "--chat-template"),
     (["--max-queue", "-1"], "--max-queue"),
     (["--max-loaded", "0"], "--max-loaded"),
+    (["--parallel", "0"], "--parallel"),
     (["--log-level", "loud"], "--log-level"),
 ])
 def test_serve_refuses_bad_options_before_binding(tmp_path, args, needle):

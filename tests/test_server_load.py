@@ -22,7 +22,8 @@ LONG = 4000      # tokens; the window is 4096
 def server(tiny_gguf, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("load")
     store = make_store(tmp / "store", {"tiny-q8_0.gguf": tiny_gguf["q8_0"]})
-    s = Server(store, *FAST, "--max-queue", "4", "--ctx-size", "4096", log=tmp / "server.log")
+    s = Server(store, *FAST, "--parallel", "1", "--max-queue", "4", "--ctx-size", "4096",
+               log=tmp / "server.log")
     s.no_eog = no_eog(tiny_gguf["q8_0"])
     yield s
     s.stop()

@@ -297,7 +297,7 @@ def test_predicted_outputs_through_the_api(tiny_gguf, tiny_onnx, tiny_qa, tmp_pa
     from tests.test_server_helpers import FAST, Server, make_store
     store = make_store(tmp_path / "store", {"tiny.gguf": tiny_gguf["f16"],
                                             "tiny-onnx": tiny_onnx["int8"]})
-    server = Server(store, *FAST, log=tmp_path / "server.log")
+    server = Server(store, *FAST, "--parallel", "1", log=tmp_path / "server.log")
     try:
         client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
         qa = tiny_qa[0]

@@ -18,6 +18,10 @@ def _opt(default, flags: str, help: str, cli_type: type | None = None):
                                             "cli_type": cli_type or type(default)})
 
 
+#: most sequences one context decodes together (llama.cpp's own limit is 256)
+MAX_PARALLEL = 256
+
+
 @dataclass
 class EngineOptions:
     """Load options every front-end passes through unchanged. Each field declares
@@ -39,6 +43,15 @@ class EngineOptions:
     draft: str | None = _opt(None, "--draft", "A small draft model with the same vocabulary "
                              "(GGUF file, ONNX folder or store name) for speculative decoding.",
                              Optional[str])
+    #: GGUF: sequences decoded together (continuous batching, batch.py); set by `serve
+    #: --parallel`, so no generic flag
+    parallel: int = 1
+
+
+def check_parallel(n: int) -> None:
+    if not 1 <= n <= MAX_PARALLEL:
+        raise EdgeChatError(f"--parallel must be between 1 and {MAX_PARALLEL}",
+                            param="parallel")
 
 
 def load_engine(path: Path, options: EngineOptions | None = None, *, probe: bool = True):
@@ -53,7 +66,10 @@ def load_engine(path: Path, options: EngineOptions | None = None, *, probe: bool
                             f"not '{o.speculative}'", param="speculative")
     if o.speculative == "draft" and not o.draft:
         raise EdgeChatError("--speculative draft needs --draft MODEL", param="draft")
+    check_parallel(o.parallel)
     engine = _load(Path(path), o, probe)
+    if engine.capabilities.slots > 1:
+        return engine       # batching: no speculative decoding (batch.py)
     engine.speculative = o.speculative
     if o.draft and o.speculative in ("auto", "draft"):
         try:
@@ -70,6 +86,12 @@ def load_engine(path: Path, options: EngineOptions | None = None, *, probe: bool
         draft.speculative = "off"
         engine.draft_engine = draft
     return engine
+
+
+def request_view(engine):
+    """The engine as one request should hold it: a batching engine's per-request
+    session (its cancel() stops only that request), else the engine itself."""
+    return engine.session() if engine.capabilities.slots > 1 else engine
 
 
 def check_same_vocab(engine, draft) -> None:
@@ -101,8 +123,12 @@ def _load(path: Path, o: EngineOptions, probe: bool):
         ensure_loadable(path, model_name(path), o)
     if kind == "gguf":
         from edge_chat.engines.gguf import GGUFEngine
-        return GGUFEngine(path, n_ctx=o.n_ctx, threads=o.threads, gpu_layers=o.gpu_layers,
-                          vram=o.vram, kv_type=o.kv_type, mmap=o.mmap)
+        engine = GGUFEngine(path, n_ctx=o.n_ctx, threads=o.threads, gpu_layers=o.gpu_layers,
+                            vram=o.vram, kv_type=o.kv_type, mmap=o.mmap, n_seq=o.parallel)
+        if o.parallel == 1:
+            return engine
+        from edge_chat.engines.batch import BatchEngine
+        return BatchEngine(engine)
     if kind == "onnx":
         from edge_chat.engines.onnx import OnnxEngine
         return OnnxEngine(path, n_ctx=o.n_ctx, threads=o.threads, provider=o.provider)

@@ -41,6 +41,8 @@ class Capabilities:
     logprobs: bool = False              # generate() fills Token.logprob/top_logprobs
     eval_many: bool = False             # evaluates k tokens with logits for each and
                                         # trims the KV cache (speculative decoding)
+    slots: int = 1                      # generations served at once (continuous batching:
+                                        # engines/batch.py)
 
 
 DEFAULT_MAX_CTX = 4096

@@ -76,13 +76,17 @@ def _last_log() -> str:
 
 
 class GGUFEngine(LocalEngine):
-    """One llama.cpp model and context (one sequence). One generation at a time."""
+    """One llama.cpp model and context. `generate` serves one generation at a
+    time on sequence 0; with `n_seq` > 1 the context holds that many sequences,
+    each with its own KV region of `n_ctx` tokens, for `decode_many`
+    (continuous batching: engines/batch.py)."""
 
     capabilities = Capabilities(logits_processors=True, logprobs=True, eval_many=True)
 
     def __init__(self, path: Path, *, n_ctx: int | None = None, threads: int | None = None,
                  gpu_layers: int | str | None = 0, vram: str | int | None = None,
-                 kv_type: str = "f16", mmap: bool = True, verbose: bool = False):
+                 kv_type: str = "f16", mmap: bool = True, verbose: bool = False,
+                 n_seq: int = 1):
         path = Path(path)
         gguf = read_gguf(path)          # clear errors for non-GGUF / truncated files
         if kv_type not in KV_TYPES:
@@ -90,7 +94,8 @@ class GGUFEngine(LocalEngine):
         ctx = default_n_ctx(gguf.context_length, n_ctx)
         if ctx < 1:
             raise EdgeChatError(f"n_ctx must be positive, not {n_ctx}", param="n_ctx")
-        self.n_gpu_layers = gpu_layers_for(gguf, gpu_layers, vram, ctx, kv_type)
+        n_seq = max(1, int(n_seq))
+        self.n_gpu_layers = gpu_layers_for(gguf, gpu_layers, vram, ctx * n_seq, kv_type)
         lc = self._lc = _llama()
         _log["quiet"] = not verbose
         threads = threads or physical_cores()
@@ -103,9 +108,11 @@ class GGUFEngine(LocalEngine):
         if not self._model:
             raise ModelLoadError(f"llama.cpp cannot load {path}{_last_log()}")
         cp = lc.llama_context_default_params()
-        cp.n_ctx = ctx
+        cp.n_ctx = ctx * n_seq          # `ctx` is each sequence's window
         cp.n_batch = cp.n_ubatch = N_BATCH
-        cp.n_seq_max = 1
+        cp.n_seq_max = n_seq
+        if n_seq > 1:   # one KV stream per sequence: its own window, its own cells only
+            cp.kv_unified = False
         cp.n_threads = cp.n_threads_batch = threads
         cp.type_k = cp.type_v = KV_TYPES[kv_type]
         cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if kv_type != "f16" \
@@ -117,7 +124,7 @@ class GGUFEngine(LocalEngine):
         self._ctx = lc.llama_init_from_model(self._model, cp)
         if not self._ctx:
             self.close()
-            raise ModelLoadError(f"llama.cpp cannot open a context of {ctx} tokens for "
+            raise ModelLoadError(f"llama.cpp cannot open a context of {ctx * n_seq} tokens for "
                                  f"{path}{_last_log()}")
         self._mem = lc.llama_get_memory(self._ctx)
         self._vocab = lc.llama_model_get_vocab(self._model)
@@ -132,17 +139,21 @@ class GGUFEngine(LocalEngine):
             b.seq_id[i][0] = 0
         self._pieces: dict[int, bytes] = {}
         self._init_decoding()
+        self._b_seq = [0] * N_BATCH     # the seq_id each batch row holds
+        self.n_seq = n_seq
+        per_value = 1.0625 if kv_type == "q8_0" else 2.0
+        kv_token = gguf.kv_bytes_per_token_per_layer(per_value) * (gguf.n_layers or 0)
         bos, eos = lc.llama_vocab_bos(self._vocab), lc.llama_vocab_eos(self._vocab)
         self.info = ModelInfo(
             name=model_name(path), path=path, format="gguf", arch=gguf.arch,
             quant=gguf.quant_name, n_ctx_train=gguf.context_length or ctx,
-            n_ctx=min(ctx, int(lc.llama_n_ctx(self._ctx))),
+            n_ctx=min(ctx, int(lc.llama_n_ctx_seq(self._ctx))),
             size_bytes=path.stat().st_size, chat_template=gguf.chat_template,
             bos_token=self._text(bos), eos_token=self._text(eos),
             add_bos=bool(lc.llama_vocab_get_add_bos(self._vocab)), n_params=gguf.n_params,
             n_layers=gguf.n_layers,
             extra={"threads": threads, "n_gpu_layers": self.n_gpu_layers, "kv_type": kv_type,
-                   "general.name": gguf.name})
+                   "general.name": gguf.name, "kv_bytes_per_token": kv_token})
 
     def _text(self, token: int) -> str:
         if token < 0:
@@ -195,8 +206,7 @@ class GGUFEngine(LocalEngine):
         for i in range(0, n, N_BATCH):
             chunk = [int(t) for t in tokens[i:i + N_BATCH]]
             k = len(chunk)
-            self._b_token[:k] = chunk
-            self._b_pos[:k] = np.arange(self.kv.pos, self.kv.pos + k)
+            self._fill(0, 0, self.kv.pos, chunk)
             self._b_logits[:k] = 1 if all_logits else 0
             self._b_logits[k - 1] = 1
             self._batch.n_tokens = k
@@ -214,6 +224,46 @@ class GGUFEngine(LocalEngine):
         # a view of llama.cpp's buffer: processors write into it, the sampler reads it
         return np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, k - 1),
                                      shape=(self.n_vocab,))
+
+    def _fill(self, row: int, seq: int, pos: int, toks) -> None:
+        """Batch rows from `row` on: `toks` of sequence `seq` from position `pos`."""
+        m = len(toks)
+        self._b_token[row:row + m] = toks
+        self._b_pos[row:row + m] = np.arange(pos, pos + m)
+        for i in range(row, row + m):
+            if self._b_seq[i] != seq:
+                self._batch.seq_id[i][0] = self._b_seq[i] = seq
+
+    def decode_many(self, items) -> list[np.ndarray]:
+        """One llama_decode over several sequences: `items` are (seq_id, first
+        position, tokens, want the logits of the last token); at most N_BATCH
+        tokens in all. A copy of the logits row of each item asking, in order."""
+        lc = self._lc
+        k = 0
+        want = []
+        for seq, pos, toks, logits in items:
+            m = len(toks)
+            self._fill(k, seq, pos, toks)
+            self._b_logits[k:k + m] = 0
+            k += m
+            if logits:
+                self._b_logits[k - 1] = 1
+                want.append(k - 1)
+        self._batch.n_tokens = k
+        rc = lc.llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            raise EdgeChatError(f"llama.cpp could not evaluate a batch of {k} tokens "
+                                f"(llama_decode returned {rc})")
+        return [np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, i),
+                                      shape=(self.n_vocab,)).copy() for i in want]
+
+    def trim_seq(self, seq: int, n: int) -> int:
+        """Cut sequence `seq` back to its first `n` positions; how many it keeps."""
+        n = max(n, 0)
+        if n == 0 or not self._lc.llama_memory_seq_rm(self._mem, seq, n, -1):
+            self._lc.llama_memory_seq_rm(self._mem, seq, 0, -1)
+            n = 0
+        return n
 
     def trim(self, n: int) -> int:
         n = max(n, 0)

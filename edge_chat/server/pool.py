@@ -1,15 +1,19 @@
 """Models for the API: opened lazily by name, kept warm, at most `max_loaded` at
-once (least recently used is unloaded), one worker thread per model.
+once (least recently used is unloaded), `--parallel` worker threads per model.
 
-Each engine serves one generation at a time: a request becomes a `Job` run on
-its model's worker thread; jobs wait in a per-model queue of at most
-`max_queue` (beyond that: ServerBusy, a 503). Events cross from the worker to
-the event loop through an asyncio queue; cancelling a job (the client left)
-stops its generation at the next token."""
+A request becomes a `Job` run on one of its model's workers. A GGUF model
+opened with --parallel N decodes up to N jobs together (continuous batching,
+engines/batch.py); a model that cannot batch (ONNX) runs one job at a time.
+Jobs beyond the slots wait in a per-model queue of at most `max_queue` (beyond
+that: ServerBusy, a 503). Events cross from the worker to the event loop
+through an asyncio queue; cancelling a job (the client left) stops its
+generation at the next step, freeing its slot.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import threading
 from collections import OrderedDict
@@ -21,11 +25,12 @@ from typing import Any
 
 from edge_chat.chat.completion import ChatModel, Event
 from edge_chat.engines.base import Token, default_n_ctx
-from edge_chat.engines import EngineOptions
+from edge_chat.engines import EngineOptions, request_view
 from edge_chat.errors import EdgeChatError, ModelNotFound, printable
 from edge_chat.store import (
     check_name,
     describe,
+    fmt_size,
     find_in_store,
     list_models,
     model_name,
@@ -76,6 +81,7 @@ class Job:
         self.cancelled = False
         self.running = False
         self.finished = False
+        self.model: ChatModel | None = None     # this job's view of the model
         self.overrun = 0            # tokens generated after the cancel was asked
 
     def put(self, item: Any) -> None:
@@ -86,11 +92,12 @@ class Job:
 
 
 class _CountingEngine:
-    """The engine as ChatModel sees it, counting every generated token."""
+    """The engine as a job's ChatModel sees it, counting every generated token."""
 
-    def __init__(self, engine, entry: Entry):
+    def __init__(self, engine, entry: Entry, job: Job):
         self._engine = engine
         self._entry = entry
+        self._job = job
 
     def __getattr__(self, name: str):
         return getattr(self._engine, name)
@@ -99,26 +106,37 @@ class _CountingEngine:
         gen = self._engine.generate(prompt, params, **kw)
         try:
             for tok in gen:
-                self._entry.counted()
+                self._entry.counted(self._job)
                 yield tok
         finally:
             gen.close()
 
 
 class Entry:
-    """One model: its worker thread, its ChatModel once loaded, its queue length."""
+    """One model: its worker threads, its ChatModel once loaded, its queue length."""
 
     def __init__(self, pool: ModelPool, name: str, path: Path):
         self.pool, self.name, self.path = pool, name, path
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"edge_chat-{name}")
+        workers = max(1, pool.config.engine.parallel)
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix=f"edge_chat-{name}")
         self.model: ChatModel | None = None
         self.error: EdgeChatError | None = None
+        self.slots = workers            # jobs run at once (1 once loaded if it cannot batch)
+        self.memory: dict = {}
+        self.ready = threading.Event()  # loaded (or failed)
+        self.gate = threading.Semaphore(workers)
         self.pending = 0                # jobs submitted and not finished (running + queued)
-        self.lock = threading.Lock()    # guards job.running / current against cancel()
-        self.current: Job | None = None
+        self.lock = threading.Lock()    # guards job.running / running against cancel()
+        self.running: set[Job] = set()
 
     # -- worker thread ------------------------------------------------------
     def load(self, wait: list[Future]) -> None:
+        try:
+            self._load(wait)
+        finally:
+            self.ready.set()        # the jobs waiting for it run (or fail) now
+
+    def _load(self, wait: list[Future]) -> None:
         for f in wait:                  # the evicted models are closed first
             try:
                 f.result()
@@ -137,27 +155,64 @@ class Entry:
         except Exception as e:  # noqa: BLE001
             self.error = EdgeChatError(f"cannot load model '{self.name}': {e}", status=500)
             return
-        model.engine = _CountingEngine(model.engine, self)
+        self._describe_slots(model)
         self.model = model
-        log.info("loaded %s (%s, context %d)", self.name, model.info.format, model.info.n_ctx)
 
-    def counted(self) -> None:
-        self.pool.stats["tokens_generated"] += 1
-        job = self.current
-        if job is not None and job.cancelled:
+    def _describe_slots(self, model: ChatModel) -> None:
+        """Slots, the KV memory they take, and what falls back (log and /health)."""
+        engine, info = model.engine, model.info
+        slots = engine.capabilities.slots
+        if slots < self.slots:
+            log.warning("%s: the %s engine serves one request at a time (continuous batching "
+                        "needs a GGUF model); --parallel %d applies to GGUF models only",
+                        self.name, info.format, self.slots)
+            self.gate = threading.Semaphore(slots)
+        self.slots = slots
+        self.memory = {"slots": slots, "ctx_per_slot": info.n_ctx}
+        per_token = info.extra.get("kv_bytes_per_token")     # GGUF engines state it
+        if per_token:
+            self.memory.update(kv_bytes_per_slot=per_token * info.n_ctx,
+                               kv_bytes_total=per_token * info.n_ctx * slots)
+        if slots > 1 and (self.pool.config.engine.draft
+                          or self.pool.config.engine.speculative not in ("auto", "off")):
+            log.warning("%s: speculative decoding is off while %d requests decode together "
+                        "(--parallel 1 turns it on)", self.name, slots)
+        kv = self.memory.get("kv_bytes_per_slot")
+        log.info("loaded %s (%s, %d slot(s), context %d per slot%s)", self.name, info.format,
+                 slots, info.n_ctx, f", KV cache {fmt_size(kv)} per slot, "
+                 f"{fmt_size(self.memory['kv_bytes_total'])} in total" if kv else "")
+
+    def counted(self, job: Job) -> None:
+        with self.lock:             # several jobs count at once
+            self.pool.stats["tokens_generated"] += 1
+        if job.cancelled:
             job.overrun += 1
 
+    def job_model(self, job: Job) -> ChatModel:
+        """The ChatModel a job runs on: its own view of the engine (cancel, counts)."""
+        model = copy.copy(self.model)
+        model.engine = _CountingEngine(request_view(model.engine), self, job)
+        return model
+
     def work(self, job: Job, fn: Callable[[ChatModel], Iterator[Event]]) -> None:
+        self.ready.wait()
+        with self.gate:
+            self._work(job, fn)
+
+    def _work(self, job: Job, fn: Callable[[ChatModel], Iterator[Event]]) -> None:
         with self.lock:
             if job.cancelled:
                 job.put(END)
                 return
-            job.running, self.current = True, job
+            if self.model is not None:
+                job.model = self.job_model(job)
+            job.running = True
+            self.running.add(job)
         try:
-            if self.model is None:
+            if job.model is None:
                 raise self.error or EdgeChatError(f"model '{self.name}' is not loaded",
                                                   status=500)
-            events = fn(self.model)
+            events = fn(job.model)
             try:
                 for ev in events:
                     job.put(ev)
@@ -169,7 +224,8 @@ class Entry:
             job.put(e)
         finally:
             with self.lock:
-                job.running, self.current = False, None
+                job.running = False
+                self.running.discard(job)
             if job.cancelled:
                 stats = self.pool.stats
                 stats["max_cancel_overrun"] = max(stats["max_cancel_overrun"], job.overrun)
@@ -189,13 +245,22 @@ class Entry:
                 return
             job.cancelled = True
             self.pool.stats["cancelled"] += 1
-            if job.running and self.model is not None:
-                self.model.cancel()
+            if job.running and job.model is not None:
+                job.model.cancel()
 
     def close(self) -> Future:
         """Unload after the jobs already queued; returns when done."""
-        f = self.executor.submit(self._close)
-        self.executor.shutdown(wait=False)
+        f: Future = Future()
+
+        def run() -> None:
+            self.executor.shutdown(wait=True)
+            try:
+                self._close()
+                f.set_result(None)
+            except BaseException as e:  # noqa: BLE001  handed to whoever waits
+                f.set_exception(e)
+
+        threading.Thread(target=run, name=f"edge_chat-close-{self.name}", daemon=True).start()
         return f
 
 
@@ -278,10 +343,11 @@ class ModelPool:
         entry = self._entries.get(key)
         if entry is None:
             entry = self._open(key, path)
-        if entry.pending > self.config.max_queue:
+        if entry.pending >= entry.slots + self.config.max_queue:
             self.stats["rejected"] += 1
-            raise ServerBusy(f"the model '{key}' is busy: {entry.pending - 1} request(s) already "
-                             f"wait (--max-queue {self.config.max_queue}); retry shortly")
+            raise ServerBusy(f"the model '{key}' is busy: {entry.pending - entry.slots} "
+                             f"request(s) already wait (--max-queue {self.config.max_queue}); "
+                             f"retry shortly")
         self.stats["requests"] += 1
         entry.pending += 1
         self._entries.move_to_end(key)
@@ -315,9 +381,10 @@ class ModelPool:
             entry.close()
 
     def health(self) -> dict:
-        return {"status": "ok",
+        return {"status": "ok", "parallel": self.config.engine.parallel,
                 "loaded": [{"id": e.name, "ready": e.model is not None, "pending": e.pending,
-                            "busy": e.current is not None} for e in self._entries.values()],
+                            "busy": bool(e.running), "running": len(e.running),
+                            "slots": e.slots, **e.memory} for e in self._entries.values()],
                 "stats": dict(self.stats)}
 
     def close(self) -> None:
@@ -325,7 +392,7 @@ class ModelPool:
         entries = list(self._entries.values())
         self._entries.clear()
         for e in entries:
-            if e.current is not None:
-                e.cancel(e.current)
+            for job in list(e.running):
+                e.cancel(job)
             e.executor.shutdown(wait=True, cancel_futures=True)
             e._close()

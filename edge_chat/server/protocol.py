@@ -201,11 +201,6 @@ def parse(cls: type[_Request], body: bytes) -> tuple[_Request, SamplingParams]:
     req.include_usage               # noqa: B018  validated here, before any job starts
     return req, req.params()
 
-    spec = rf.get("json_schema")
-    if kind == "json_schema" and not (isinstance(spec, dict) and isinstance(spec.get("schema"), dict)):
-        raise EdgeChatError("response_format.json_schema.schema must be a JSON schema object",
-                            param="response_format")
-
 
 # -- responses ----------------------------------------------------------------
 def new_id(prefix: str) -> str:

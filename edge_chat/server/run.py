@@ -18,6 +18,8 @@ def check(config: ServerConfig) -> None:
         resolve_template(None, "", override=config.chat_template)
     if config.max_loaded < 1:
         raise EdgeChatError("--max-loaded must be >= 1", param="max_loaded")
+    from edge_chat.engines import check_parallel
+    check_parallel(config.engine.parallel)
     if config.max_queue < 0:
         raise EdgeChatError("--max-queue must be >= 0", param="max_queue")
     if config.max_body < 1024:
