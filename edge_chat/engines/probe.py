@@ -39,7 +39,7 @@ def cache_file() -> Path:
 
 #: load options that do not change whether the model itself loads (a draft model
 #: is probed on its own load)
-_NOT_PROBED = ("threads", "speculative", "draft")
+_NOT_PROBED = ("threads", "speculative", "draft", "parallel")
 
 
 def _key(path: Path, options) -> str | None:
@@ -107,7 +107,7 @@ def _run_probe(path: Path, options) -> tuple[str | None, bool]:
     clean error (exit CLEAN_ERROR) that the load in this process reports itself."""
     import edge_chat
     from edge_chat.system import die_with_parent
-    opts = dict(asdict(options), threads=1, speculative="off", draft=None)
+    opts = dict(asdict(options), threads=1, speculative="off", draft=None, parallel=1)
     cmd = [sys.executable, "-m", "edge_chat.engines.probe", str(path), json.dumps(opts)]
     here = str(Path(edge_chat.__file__).resolve().parent.parent)   # this very edge_chat
     env = dict(os.environ, GGML_NO_BACKTRACE="1", PYTHONPATH=os.pathsep.join(
