@@ -46,7 +46,10 @@ def served(request, tmp_path_factory):
         path = request.getfixturevalue("real_qwen_converted").get("onnx", "int4")
         name = "qwen-onnx-int4"
         store = make_store(tmp / "store", {name: path})
-    server = Server(store, "--threads", "1", log=tmp / "server.log", timeout=300)
+    # one request at a time: test_openai_logprobs compares the served logprobs with the
+    # same engine in this process (a batch of sequences rounds differently, batch.py)
+    server = Server(store, "--threads", "1", "--parallel", "1", log=tmp / "server.log",
+                    timeout=300)
     server.path = path
     yield server, name
     server.stop()
