@@ -46,7 +46,9 @@ def default_models() -> list[Path]:
 
 
 def measure(path: Path, reps: int, tokens: int, threads: int) -> list:
-    m = open_chat(str(path), EngineOptions(threads=threads))
+    # speculation off for both: drafting pays differently on free text and on JSON, and
+    # what is measured here is what the grammar costs per token
+    m = open_chat(str(path), EngineOptions(threads=threads, speculative="off"))
     try:
         eog = {t: -100.0 for t in range(m.engine.n_vocab) if m.engine.is_eog(t)}
         plain = make_params(temperature=0, max_tokens=tokens, logit_bias=eog)
