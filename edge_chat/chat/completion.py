@@ -283,11 +283,6 @@ class ChatModel:
                                 f"this {self.info.format} model", param=g.param)
         return g
 
-    def grammar_for(self, response_format: dict | None) -> "LogitsProcessor | None":
-        """A fresh processor enforcing an OpenAI `response_format` (None: plain text)."""
-        g = self.grammar(None, response_format)
-        return self.constrain(g) if g is not None else None
-
     def cancel(self) -> None:
         self.engine.cancel()
 

@@ -102,7 +102,7 @@ class BatchEngine:
 
     # -- the Engine protocol ----------------------------------------------------
     def __getattr__(self, name: str):
-        # tokenize, detokenize, token_bytes, is_eog, grammar_for, ...
+        # tokenize, detokenize, token_bytes, is_eog, ...
         return getattr(self.engine, name)
 
     def session(self) -> Session:
