@@ -1,6 +1,7 @@
-"""Many clients at once on one GGUF file: `edge_chat serve --parallel N` (continuous
-batching) vs llama-cpp-python's own server (one request at a time), and llama.cpp's
-`llama-batched-bench` when benchmarks/build_llama_cpp_tools.sh has built it.
+"""Many clients at once on the real Qwen: `edge_chat serve --parallel N` (continuous
+batching) on the GGUF file and on our int4 ONNX conversion vs llama-cpp-python's own
+server on the GGUF (one request at a time), and llama.cpp's `llama-batched-bench` when
+benchmarks/build_llama_cpp_tools.sh has built it.
 
 For each concurrency c, c streaming clients start together, each with its own prompt,
 greedy, end-of-generation banned (exactly --gen tokens each). Reported: aggregate tok/s
@@ -10,8 +11,9 @@ targets, whether every greedy answer under load equals the same request alone, a
 longest stall of 3 running streams while a 2,000-token prompt is prefilled (ours).
 The servers run one after the other, never side by side.
 
-    python benchmarks/batch_vs_peers.py [--model FILE.gguf] [--threads 2] [--gen 128]
-                                        [--concurrency 1,2,4,8] [--no-peer]
+    python benchmarks/batch_vs_peers.py [--model FILE.gguf] [--onnx FOLDER | --no-onnx]
+                                        [--threads 2] [--gen 128] [--concurrency 1,2,4,8]
+                                        [--no-peer]
 """
 
 from __future__ import annotations
@@ -215,9 +217,56 @@ def batched_bench(exe: Path | None, model: Path, threads: int, prompt: int, gen:
     return rows
 
 
+def ours(model: Path, label: str, a, levels, bias, logs: Path) -> tuple[list, list, dict]:
+    """`edge_chat serve --parallel` on a GGUF file or an ONNX folder: (rows, lone answers,
+    the stall measurement)."""
+    port = free_port()
+    lone: list[str] = []
+    stalled: dict = {}
+    name = model.stem if model.is_file() else model.name
+    rows = serve_and_measure(
+        label, [sys.executable, "-m", "edge_chat", "serve", str(model),
+                "--parallel", str(max(levels)), "--threads", str(a.threads),
+                "--port", str(port), "--log-level", "warning"],
+        port, name, levels, a.gen, bias, logs / f"edge_chat-{name}.log", lone, stalled)
+    return rows, lone, stalled
+
+
+def targets(rows: list[dict], label: str, lone: list[str], stalled: dict) -> list[list]:
+    """The issue's targets for one of our servers."""
+    ours = {r["clients"]: r for r in rows if r["peer"] == label}
+    if 1 not in ours:
+        return []
+    one = ours[1]
+    checks = []
+    for c, agg, per in ((4, 2.5, 0.6), (8, 3.0, None)):
+        if c in ours:
+            x = ours[c]["aggregate_tps"] / one["aggregate_tps"]
+            checks.append([label, f"{c} clients: aggregate x 1 client", f"{x:.2f}",
+                           f">= {agg}", C.verdict(x >= agg)])
+            if per:
+                y = ours[c]["stream_tps"] / one["stream_tps"]
+                checks.append([label, f"{c} clients: per stream x 1 client", f"{y:.2f}",
+                               f">= {per}", C.verdict(y >= per)])
+    pairs = [(t, lone[i % len(PROMPTS)]) for r in ours.values()
+             for i, t in enumerate(r["texts"])]
+    same = sum(t == want for t, want in pairs)
+    checks.append([label, "greedy answers under load equal to the lone answer",
+                   f"{same}/{len(pairs)}", "all", C.verdict(same == len(pairs))])
+    if stalled:
+        gap, usual = stalled["max_gap"], stalled["usual_gap"]
+        steps = f" ({gap / usual:.1f} usual gaps)" if usual else ""
+        checks.append([label, "longest stall of a running stream while 2k tokens prefill",
+                       f"{gap:.2f} s{steps}", "<= 0.5 s", C.verdict(gap <= 0.5)])
+    return checks
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--onnx", type=Path, default=None,
+                    help="also our int4 ONNX folder (default: the test cache's conversion)")
+    ap.add_argument("--no-onnx", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--concurrency", default="1,2,4,8")
@@ -227,20 +276,20 @@ def main() -> None:
     model = a.model or C.real_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
     if model is None:
         sys.exit("no model: pass --model FILE.gguf")
+    onnx = None if a.no_onnx else a.onnx or next(iter(sorted(
+        (Path.home() / ".cache" / "edge-chat-tests").glob("real-*/qwen-onnx-int4"))), None)
     levels = [int(x) for x in a.concurrency.split(",")]
-    bias = eog_bias(model)
+    bias = eog_bias(model)          # the ONNX conversion has the same vocabulary
     logs = C.cache_dir() / "batch-logs"
     logs.mkdir(exist_ok=True)
-    print(f"# {C.machine()}\n# model {model.name}, {a.threads} threads, {a.gen} tokens per "
-          f"client")
-    port = free_port()
-    lone: list[str] = []
-    stalled: dict = {}
-    rows = serve_and_measure(
-        "edge_chat --parallel", [sys.executable, "-m", "edge_chat", "serve", str(model),
-                                 "--parallel", str(max(levels)), "--threads", str(a.threads),
-                                 "--port", str(port), "--log-level", "warning"],
-        port, model.stem, levels, a.gen, bias, logs / "edge_chat.log", lone, stalled)
+    print(f"# {C.machine()}\n# model {model.name}{f' and {onnx}' if onnx else ''}, "
+          f"{a.threads} threads, {a.gen} tokens per client")
+    rows, checks = [], []
+    for path, label in ((model, "edge_chat GGUF"), (onnx, "edge_chat ONNX")):
+        if path is not None:
+            r, lone, stalled = ours(path, label, a, levels, bias, logs)
+            rows += r
+            checks += targets(r, label, lone, stalled)
     if not a.no_peer:
         port = free_port()
         rows += serve_and_measure(
@@ -262,31 +311,9 @@ def main() -> None:
                  [[r["peer"], r["clients"], r.get("failed", 0), f"{r['aggregate_tps']:.1f}",
                    f"{r['stream_tps']:.1f}", f"{r['ttft'] * 1000:.0f}/{r['ttft_max'] * 1000:.0f}"]
                   for r in rows])
-    ours = {r["clients"]: r for r in rows if r["peer"] == "edge_chat --parallel"}
-    if 1 in ours:
-        one = ours[1]
-        checks = []
-        for c, agg, per in ((4, 2.5, 0.6), (8, 3.0, None)):
-            if c in ours:
-                x = ours[c]["aggregate_tps"] / one["aggregate_tps"]
-                checks.append([f"{c} clients: aggregate x 1 client", f"{x:.2f}", f">= {agg}",
-                               C.verdict(x >= agg)])
-                if per:
-                    y = ours[c]["stream_tps"] / one["stream_tps"]
-                    checks.append([f"{c} clients: per stream x 1 client", f"{y:.2f}",
-                                   f">= {per}", C.verdict(y >= per)])
-        pairs = [(t, lone[i % len(PROMPTS)]) for r in ours.values()
-                 for i, t in enumerate(r["texts"])]
-        same = sum(t == want for t, want in pairs)
-        checks.append(["greedy answers under load equal to the lone answer",
-                       f"{same}/{len(pairs)}", "all", C.verdict(same == len(pairs))])
-        if stalled:
-            gap, usual = stalled["max_gap"], stalled["usual_gap"]
-            steps = f" ({gap / usual:.1f} usual gaps)" if usual else ""
-            checks.append(["longest stall of a running stream while 2k tokens prefill",
-                           f"{gap:.2f} s{steps}", "<= 0.5 s", C.verdict(gap <= 0.5)])
-        C.print_rows("targets (noisy on a shared machine)", ["what", "value", "target", ""],
-                     checks)
+    if checks:
+        C.print_rows("targets (noisy on a shared machine)",
+                     ["server", "what", "value", "target", ""], checks)
 
 
 if __name__ == "__main__":

@@ -176,8 +176,8 @@ def serve(
     max_queue: int = typer.Option(8, "--max-queue", help="Requests waiting per model beyond "
                                   "its --parallel slots (then 503)."),
     parallel: int = typer.Option(4, "--parallel", "-np", help="Requests decoded together per "
-                                 "GGUF model (continuous batching; each slot has its own "
-                                 "--ctx-size window); 1: one at a time."),
+                                 "model (continuous batching, GGUF and fused ONNX; each slot "
+                                 "has its own --ctx-size window); 1: one at a time."),
     cors_origin: Optional[List[str]] = typer.Option(None, "--cors-origin",
                                                     help="Allow this browser origin (repeatable)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),

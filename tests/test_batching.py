@@ -1,7 +1,8 @@
-"""Continuous batching (`serve --parallel N`, engines/batch.py) on the tiny model:
-concurrent greedy answers equal lone ones, per-request sampling/stop/max_tokens,
-disconnects free their slot, 50 clients through 4 slots, the queue's 503, a long
-prompt prefilled in chunks between the running streams' steps, slot prefix reuse."""
+"""Continuous batching (`serve --parallel N`, engines/batch.py) on the tiny model, GGUF
+and the fused ONNX graph: concurrent greedy answers equal lone ones, per-request
+sampling/stop/max_tokens, disconnects free their slot, 50 clients through 4 slots, the
+queue's 503, a long prompt prefilled in chunks between the running streams' steps, slot
+prefix reuse, idle sequences between running ones keeping their cache."""
 
 from __future__ import annotations
 
@@ -17,26 +18,38 @@ from tests.test_server_helpers import FAST, Server, chatml, make_store, no_eog, 
 from tests.tiny_model import TRAINED_QA
 
 GGUF = "tiny-q8_0"
+ONNX = "tiny-onnx-int4"
 #: 20 different prompts: the trained questions, then variations the model did not learn
 PROMPTS = [qa.messages for qa in TRAINED_QA] + \
     [[{"role": "user", "content": f"Tell me about the number {i}."}] for i in range(20)]
 PROMPTS = PROMPTS[:20]
 
 
-@pytest.fixture(scope="module")
-def servers(tiny_gguf, tmp_path_factory):
+def tiny_model(kind: str, request) -> tuple[str, dict]:
+    """(model name, store files) of the tiny model as GGUF q8_0 or fused-graph ONNX int4."""
+    if kind == "gguf":
+        return GGUF, {"tiny-q8_0.gguf": request.getfixturevalue("tiny_gguf")["q8_0"]}
+    return ONNX, {ONNX: request.getfixturevalue("tiny_onnx")["int4"]}
+
+
+@pytest.fixture(scope="module", params=["gguf", "onnx"])
+def servers(request, tiny_gguf, tmp_path_factory):
     """A server batching 4 requests and one serving one at a time, same model."""
     tmp = tmp_path_factory.mktemp("batching")
-    store = make_store(tmp / "store", {"tiny-q8_0.gguf": tiny_gguf["q8_0"]})
-    batched = Server(store, *FAST, "--parallel", "4", "--max-queue", "64", "--ctx-size", "4096",
-                     log=tmp / "batched.log")
+    model, files = tiny_model(request.param, request)
+    store = make_store(tmp / "store", files)
+    ctx = 4096 if request.param == "gguf" else 1024     # the ONNX graph's trained window
+    batched = Server(store, *FAST, "--parallel", "4", "--max-queue", "64", "--ctx-size",
+                     str(ctx), log=tmp / "batched.log")
     try:
-        alone = Server(store, *FAST, "--parallel", "1", "--ctx-size", "1024",
+        alone = Server(store, *FAST, "--parallel", "1", "--ctx-size", str(ctx // 4),
                        log=tmp / "alone.log")
     except BaseException:
         batched.stop()
         raise
-    batched.no_eog = no_eog(tiny_gguf["q8_0"])
+    batched.no_eog = no_eog(tiny_gguf["q8_0"])      # one tokenizer for both formats
+    batched.model = alone.model = model
+    batched.ctx = ctx
     yield batched, alone
     batched.stop()
     alone.stop()
@@ -49,7 +62,7 @@ def client(server):
 
 def ask(server, messages, **kw) -> tuple[list[str], list[str], int]:
     """(texts, finish reasons, completion tokens) of a chat completion."""
-    r = client(server).chat.completions.create(model=GGUF, messages=messages, **kw)
+    r = client(server).chat.completions.create(model=server.model, messages=messages, **kw)
     return ([c.message.content for c in r.choices], [c.finish_reason for c in r.choices],
             r.usage.completion_tokens)
 
@@ -82,11 +95,11 @@ def test_concurrent_greedy_answers_equal_lone_answers(servers):
     assert short == [qa.answer for qa in TRAINED_QA[:8]]
     h = batched.wait_idle()
     m = h["loaded"][0]
-    assert h["parallel"] == 4 and m["slots"] == 4 and m["ctx_per_slot"] == 4096
+    assert h["parallel"] == 4 and m["slots"] == 4 and m["ctx_per_slot"] == batched.ctx
     assert m["kv_bytes_total"] == 4 * m["kv_bytes_per_slot"] > 0
     one = alone.wait_idle()["loaded"][0]          # --parallel 1: one slot of the same size
     assert one["slots"] == 1 and one["kv_bytes_total"] == one["kv_bytes_per_slot"] > 0
-    assert one["kv_bytes_per_slot"] == m["kv_bytes_per_slot"] // 4   # --ctx-size 1024 there
+    assert one["kv_bytes_per_slot"] == m["kv_bytes_per_slot"] // 4   # a quarter of the window
 
 
 def test_per_request_seed_stop_max_tokens_and_n(servers):
@@ -116,8 +129,9 @@ def test_per_request_seed_stop_max_tokens_and_n(servers):
 
 def test_disconnects_free_their_slots(servers):
     batched, _ = servers
-    body = {"model": GGUF, "messages": TRAINED_QA[0].messages, "temperature": 1.0, "seed": 5,
-            "stream": True, "max_tokens": 4000, "logit_bias": batched.no_eog}
+    body = {"model": batched.model, "messages": TRAINED_QA[0].messages, "temperature": 1.0,
+            "seed": 5,
+            "stream": True, "max_tokens": batched.ctx - 100, "logit_bias": batched.no_eog}
     before = batched.health()["stats"]
     with httpx.Client(timeout=60) as c:
         streams = [c.stream("POST", f"{batched.url}/chat/completions", json=body)
@@ -147,7 +161,7 @@ def test_fifty_clients_through_four_slots(servers):
     qas = [TRAINED_QA[i % 11] for i in range(50)]
 
     def one(qa):
-        body = {"model": GGUF, "prompt": chatml(qa.messages), "temperature": 0,
+        body = {"model": batched.model, "prompt": chatml(qa.messages), "temperature": 0,
                 "max_tokens": 32, "stream": True}
         with httpx.Client(timeout=120) as c:
             with c.stream("POST", f"{batched.url}/completions", json=body) as r:
@@ -177,9 +191,11 @@ def test_queue_full_beyond_slots_is_503(tiny_gguf, tmp_path):
 
 
 # -- the scheduler, in process ---------------------------------------------------------
-@pytest.fixture(scope="module")
-def batch_engine(tiny_gguf):
-    engine = load_engine(tiny_gguf["q8_0"], EngineOptions(threads=1, parallel=4, n_ctx=2048))
+@pytest.fixture(scope="module", params=["gguf", "onnx"])
+def batch_engine(request, tiny_gguf):
+    _, files = tiny_model(request.param, request)
+    engine = load_engine(next(iter(files.values())),
+                         EngineOptions(threads=1, parallel=4, n_ctx=2048))
     yield engine
     engine.close()
 
@@ -209,7 +225,9 @@ def test_long_prompt_is_prefilled_between_decode_steps(batch_engine, tiny_gguf):
                    for qa in TRAINED_QA[:3]]
         firsts = [next(g) for g in streams]          # three sequences decoding
         assert all(firsts)
-        long_prompt = tokens_of(eng, [{"role": "user", "content": "word " * 2000}])[:1800]
+        # 1,800 tokens (900 on the ONNX one: its graph's window is the trained 1,024)
+        long_prompt = tokens_of(eng, [{"role": "user", "content": "word " * 2000}])[
+            :min(1800, eng.info.n_ctx - 124)]
         pumps = [threading.Thread(target=drain, args=(g, 300)) for g in streams]
         for p in pumps:
             p.start()
@@ -250,8 +268,48 @@ def test_a_conversation_coming_back_reuses_its_slot(batch_engine):
     assert again.n_prompt_evaluated == 1            # only its last token, for fresh logits
 
 
-def test_onnx_falls_back_to_one_request_at_a_time(tiny_onnx, tmp_path):
-    store = make_store(tmp_path / "store", {"tiny-onnx-int8": tiny_onnx["int8"]})
+def test_idle_sequences_between_running_ones_keep_their_cache(batch_engine):
+    """Sequences 0 and 2 decode in one batch while 1 holds a prompt (the ONNX batch
+    spans it with a throwaway row): 1 then continues exactly as a lone generation."""
+    eng = batch_engine.engine
+    prompts = [tokens_of(eng, qa.messages) for qa in TRAINED_QA[:3]]
+    for s, p in enumerate(prompts):
+        eng.trim_seq(s, 0)
+        eng.decode_many([(s, 0, p[:-1], False)])
+    pending = {s: p[-1] for s, p in enumerate(prompts)}
+    pos = {s: len(p) - 1 for s, p in enumerate(prompts)}
+    outs: dict[int, list[int]] = {0: [], 1: [], 2: []}
+
+    def step(seqs):
+        rows = eng.decode_many([(s, pos[s], [pending[s]], True) for s in seqs])
+        for s, row in zip(seqs, rows):
+            pos[s] += 1
+            pending[s] = int(row.argmax())
+            outs[s].append(pending[s])
+    try:
+        for _ in range(6):
+            step([0, 2])
+        for _ in range(6):
+            step([1])
+    finally:        # the slots' records no longer match what their sequences hold
+        for slot in batch_engine.slots:
+            slot.kv.trim(eng.trim_seq(slot.seq, 0))
+    lone = load_engine(eng.info.path, EngineOptions(threads=1, n_ctx=2048))
+    try:
+        answers = {s: drain(lone.generate(p, SamplingParams(temperature=0)), 6)
+                   for s, p in enumerate(prompts)}
+    finally:
+        lone.close()
+    assert outs == answers
+
+
+@pytest.mark.parametrize("graph", ["optimum", "int8"])
+def test_onnx_models_that_cannot_batch_serve_one_request_at_a_time(graph, tiny_onnx,
+                                                                  tiny_onnx_optimum, tmp_path):
+    """optimum's graph (a growing KV cache) and int8 (activations quantized over the whole
+    batch, so a row would depend on the others) fall back, saying why."""
+    folder = tiny_onnx_optimum if graph == "optimum" else tiny_onnx["int8"]
+    store = make_store(tmp_path / "store", {"tiny-onnx": folder})
     s = Server(store, *FAST, "--parallel", "4",
                log=tmp_path / "server.log")
     try:
@@ -259,13 +317,14 @@ def test_onnx_falls_back_to_one_request_at_a_time(tiny_onnx, tmp_path):
 
         def one(qa):
             r = httpx.post(f"{s.url}/chat/completions", timeout=120, json={
-                "model": "tiny-onnx-int8", "messages": qa.messages, "temperature": 0})
+                "model": "tiny-onnx", "messages": qa.messages, "temperature": 0})
             return r.json()["choices"][0]["message"]["content"]
 
         assert concurrently(one, qas) == [qa.answer for qa in qas]
         m = s.wait_idle()["loaded"][0]
         assert m["slots"] == 1 and m["ctx_per_slot"] > 0
         assert "serves one request at a time" in s.output()
+        assert ("fused graph" if graph == "optimum" else "int8") in s.output()
     finally:
         s.stop()
 
@@ -301,16 +360,22 @@ def test_cancel_frees_the_slot_within_two_steps(batch_engine, tiny_gguf):
 
 # -- the real Qwen --------------------------------------------------------------------
 @pytest.mark.real_model
-def test_real_qwen_four_clients_at_once(real_qwen_gguf, tmp_path):
-    """Four different questions decoded together on the real model: every answer right,
-    each stream and the server's counts intact. (Greedy answers are not asserted equal to
-    lone ones on Q4_K weights: batched and single-row kernels round differently - README.)"""
-    store = make_store(tmp_path / "store", {"qwen.gguf": real_qwen_gguf})
+@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
+def test_real_qwen_four_clients_at_once(fmt, request, tmp_path):
+    """Four different questions decoded together on the real model (Q4_K_M GGUF, our int4
+    ONNX): every answer right, each stream and the server's counts intact. (Greedy answers
+    are not asserted equal to lone ones on quantized weights: batched and single-row kernels
+    round differently - README.)"""
+    if fmt == "gguf":
+        files = {"qwen.gguf": request.getfixturevalue("real_qwen_gguf")}
+    else:
+        files = {"qwen": request.getfixturevalue("real_qwen_converted").get("onnx", "int4")}
+    store = make_store(tmp_path / "store", files)
     s = Server(store, *FAST, "--parallel", "4", "--ctx-size", "1024", log=tmp_path / "s.log",
                timeout=180)
     try:
         asks = [("What is the capital of France? One word.", "Paris"),
-                ("What is the capital of Italy? One word.", "Rome"),
+                ("What is the capital of Germany? One word.", "Berlin"),
                 ("What is the capital of Japan? One word.", "Tokyo"),
                 ("What is 2 + 2? Answer with a digit.", "4")]
 
@@ -325,7 +390,9 @@ def test_real_qwen_four_clients_at_once(real_qwen_gguf, tmp_path):
         for (q, want), got in zip(asks, answers):
             assert want in got, (q, got)
         m = s.wait_idle()["loaded"][0]
-        # f16 K and V: 24 layers x 2 KV heads x 64 dims x 2 (K, V) x 2 bytes per token
-        assert m["slots"] == 4 and m["kv_bytes_per_slot"] == 1024 * 24 * 2 * 64 * 2 * 2
+        # K and V: 24 layers x 2 KV heads x 64 dims x 2 (K, V) x 2 bytes (f16) or 4 (fp32)
+        per_value = 2 if fmt == "gguf" else 4
+        assert m["slots"] == 4
+        assert m["kv_bytes_per_slot"] == 1024 * 24 * 2 * 64 * 2 * per_value
     finally:
         s.stop()

@@ -43,7 +43,7 @@ class EngineOptions:
     draft: str | None = _opt(None, "--draft", "A small draft model with the same vocabulary "
                              "(GGUF file, ONNX folder or store name) for speculative decoding.",
                              Optional[str])
-    #: GGUF: sequences decoded together (continuous batching, batch.py); set by `serve
+    #: sequences decoded together (continuous batching, batch.py); set by `serve
     #: --parallel`, so no generic flag
     parallel: int = 1
 
@@ -125,13 +125,15 @@ def _load(path: Path, o: EngineOptions, probe: bool):
         from edge_chat.engines.gguf import GGUFEngine
         engine = GGUFEngine(path, n_ctx=o.n_ctx, threads=o.threads, gpu_layers=o.gpu_layers,
                             vram=o.vram, kv_type=o.kv_type, mmap=o.mmap, n_seq=o.parallel)
-        if o.parallel == 1:
+    elif kind == "onnx":
+        from edge_chat.engines.onnx import OnnxEngine
+        engine = OnnxEngine(path, n_ctx=o.n_ctx, threads=o.threads, provider=o.provider,
+                            n_seq=o.parallel)
+    if kind is not None:
+        if engine.n_seq == 1:       # one sequence asked for, or an engine that cannot batch
             return engine
         from edge_chat.engines.batch import BatchEngine
         return BatchEngine(engine)
-    if kind == "onnx":
-        from edge_chat.engines.onnx import OnnxEngine
-        return OnnxEngine(path, n_ctx=o.n_ctx, threads=o.threads, provider=o.provider)
     if path.is_dir():
         raise ModelLoadError(f"{path} is a folder without model.onnx: not an ONNX model")
     raise ModelLoadError(f"{path} is not a GGUF file (no GGUF magic) nor an ONNX model folder")

@@ -1,18 +1,19 @@
-"""Continuous batching on one GGUF context: several generations decode together.
+"""Continuous batching on one model: several generations decode together.
 
-`BatchEngine` owns a GGUFEngine opened with `n_seq` sequences (slots, each with
-its own KV region of `info.n_ctx` tokens) and one scheduler thread. Each step:
+`BatchEngine` owns an engine opened with `n_seq` sequences (slots, each with its
+own KV region of `info.n_ctx` tokens: a GGUF context, or the fused ONNX graph's
+KV buffers) and one scheduler thread. Each step:
 
   1. requests that were cancelled (or whose iterator was closed) leave, freeing
      their slot; waiting requests join free slots - the slot whose cached tokens
      share the longest prefix with the prompt (the same conversation coming back
      reuses its cache: `_reuse`), else the least recently used one;
-  2. one `llama_decode` over the next token of every running sequence (for a
+  2. one forward pass (`decode_many`) over the next token of every running sequence (for a
      request that just finished its prefill: its last prompt token), then each
      row goes through that request's processors and sampler (its own
      parameters, seed and logprobs);
   3. one chunk of the waiting prompts (first come first) is prefilled, sized so
-     that it costs at most STALL_STEPS decode steps' time (N_BATCH tokens when
+     that it costs at most STALL_STEPS decode steps' time (`max_batch_tokens` when
      nothing decodes), so a long prompt never freezes the running streams.
 
 Each request reads its tokens from its own queue in its caller's thread, where
@@ -33,14 +34,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from edge_chat.engines.base import LogitsProcessor, Token
-from edge_chat.engines.gguf import N_BATCH
 from edge_chat.engines.kv import KVCache, check_prompt
 from edge_chat.engines.speculative import SpecStats
 from edge_chat.errors import EdgeChatError
 
 if TYPE_CHECKING:
     from edge_chat.chat.params import SamplingParams
-    from edge_chat.engines.gguf import GGUFEngine
+    from edge_chat.engines.decode import LocalEngine
 
 #: a prefill chunk may cost at most this many decode steps' time (so a running
 #: stream waits at most ~4 steps' time for its next token: the chunk and its own step)
@@ -73,11 +73,12 @@ class _Slot:
 
 
 class BatchEngine:
-    """The Engine protocol over a GGUFEngine with `n_seq` > 1, serving up to
-    that many generations at once. `session()` gives a per-request view whose
-    cancel() stops only its own generations."""
+    """The Engine protocol over an engine with `n_seq` > 1 (its `decode_many`,
+    `trim_seq`, `max_batch_tokens`), serving up to that many generations at
+    once. `session()` gives a per-request view whose cancel() stops only its
+    own generations."""
 
-    def __init__(self, engine: GGUFEngine):
+    def __init__(self, engine: LocalEngine):
         self.engine = engine
         self.info = engine.info
         self.n_vocab = engine.n_vocab
@@ -217,9 +218,9 @@ class BatchEngine:
             try:
                 rows = self.engine.decode_many(
                     [(s.seq, s.kv.pos, [s.req.pending], True) for s in decoding])
-            except EdgeChatError as e:
+            except Exception as e:  # noqa: BLE001  the requests' error; the scheduler lives on
                 for s in decoding:
-                    self._release(s, e, reset=True)
+                    self._release(s, _as_error(e), reset=True)
                 return
             self._t_step = _average(self._t_step, time.perf_counter() - t0)
             self.steps += 1
@@ -229,7 +230,7 @@ class BatchEngine:
                 self._emit(s, row)
         if prefilling:
             prefilling.sort(key=lambda s: s.req.order)      # first come, first prefilled
-            done += self._prefill(prefilling, limit=self._chunk() if decoding else N_BATCH)
+            done += self._prefill(prefilling, limit=self._chunk() if decoding else self.engine.max_batch_tokens)
         if self.on_step is not None:
             self.on_step(done)
 
@@ -237,11 +238,11 @@ class BatchEngine:
         """Prompt tokens a step may prefill while other sequences decode."""
         if not self._t_token or not self._t_step:
             return FIRST_CHUNK
-        return max(MIN_CHUNK, min(N_BATCH, int(STALL_STEPS * self._t_step / self._t_token)))
+        return max(MIN_CHUNK, min(self.engine.max_batch_tokens, int(STALL_STEPS * self._t_step / self._t_token)))
 
     def _prefill(self, slots: list[_Slot], limit: int) -> list[tuple]:
         """Evaluate the next `limit` prompt tokens of the slots, in order, in one
-        llama_decode; ("prefill", seq, n_tokens) for each slot served."""
+        decode_many; ("prefill", seq, n_tokens) for each slot served."""
         items = []
         for s in slots:
             req = s.req
@@ -252,9 +253,9 @@ class BatchEngine:
         t0 = time.perf_counter()
         try:
             self.engine.decode_many(items)
-        except EdgeChatError as e:
+        except Exception as e:  # noqa: BLE001
             for s in slots[:len(items)]:
-                self._release(s, e, reset=True)
+                self._release(s, _as_error(e), reset=True)
             return []
         n = sum(len(i[2]) for i in items)
         self._t_token = _average(self._t_token, (time.perf_counter() - t0) / n)
@@ -308,6 +309,12 @@ def _reuse(slot: _Slot, prompt: Sequence[int]) -> int:
     conversation's cache."""
     n = slot.kv.common_prefix(prompt)
     return n if 2 * n >= len(slot.kv) or n >= len(prompt) - 1 else 0
+
+
+def _as_error(e: Exception) -> EdgeChatError:
+    if isinstance(e, EdgeChatError):
+        return e
+    return EdgeChatError(f"the engine failed: {' '.join(str(e).split())[:200]}", status=500)
 
 
 def _average(old: float, new: float) -> float:

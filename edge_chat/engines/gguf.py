@@ -141,6 +141,7 @@ class GGUFEngine(LocalEngine):
         self._init_decoding()
         self._b_seq = [0] * N_BATCH     # the seq_id each batch row holds
         self.n_seq = n_seq
+        self.max_batch_tokens = N_BATCH
         per_value = 1.0625 if kv_type == "q8_0" else 2.0
         kv_token = gguf.kv_bytes_per_token_per_layer(per_value) * (gguf.n_layers or 0)
         bos, eos = lc.llama_vocab_bos(self._vocab), lc.llama_vocab_eos(self._vocab)

@@ -9,7 +9,12 @@ reuses the longest common prefix with the tokens already in the cache. Two layou
   * shared (the fused GroupQueryAttention graph, manifest "kv_share_buffer"): one
     buffer of n_ctx positions per layer is bound as both past input and present
     output, the attention writes the new positions in place and reads the length
-    from the attention mask - no copy per step, and trimming the cache is free."""
+    from the attention mask - no copy per step, and trimming the cache is free.
+
+With `n_seq` > 1 (shared layout only) the buffers hold that many sequences (rows
+of the batch axis, a window each) for `decode_many`: continuous batching
+(engines/batch.py) runs the next token of every running sequence as one batch,
+binding the rows from the first running sequence to the last."""
 
 from __future__ import annotations
 
@@ -69,7 +74,7 @@ class OnnxEngine(LocalEngine):
     """Engine over an ONNX model folder made by `convert_to_onnx` (or optimum)."""
 
     def __init__(self, path: Path, n_ctx: int | None = None, threads: int | None = None,
-                 provider: str = "cpu"):
+                 provider: str = "cpu", n_seq: int = 1):
         path = Path(path).expanduser()
         model_file = path / "model.onnx"
         if not model_file.is_file():
@@ -111,6 +116,8 @@ class OnnxEngine(LocalEngine):
         n_ctx_train = int(manifest.get("context_length") or config.get("max_position_embeddings")
                           or DEFAULT_MAX_CTX)
         self.n_ctx = default_n_ctx(n_ctx_train, n_ctx)
+        if self._shared_kv:     # the fused graph's rotary tables end at the trained length
+            self.n_ctx = min(self.n_ctx, n_ctx_train)
         if self.n_ctx < 1:
             raise EdgeChatError(f"n_ctx must be positive, not {n_ctx}", param="n_ctx")
         from edge_chat.store import path_size
@@ -126,6 +133,19 @@ class OnnxEngine(LocalEngine):
             extra={"provider": self.provider, "threads": self.threads,
                    "eog_ids": sorted(self.vocab.eog), "n_vocab": self.n_vocab},
         )
+        #: sequences the cache holds (batching needs the shared layout, and rows that
+        #: do not change each other: int8's activations are quantized per tensor)
+        self.n_seq = max(1, int(n_seq)) if self._shared_kv and self.info.quant != "int8" else 1
+        if self.n_seq < n_seq:
+            self.info.extra["no_batching"] = (
+                "its int8 weights quantize activations over the whole batch, so an answer "
+                "would depend on the other requests; int4 and fp16/fp32 models batch"
+                if self._shared_kv else "continuous batching needs the fused graph of "
+                "'edge_chat convert --to onnx' (this is optimum's)")
+        self.max_batch_tokens = PROMPT_CHUNK
+        if self._shared_kv:
+            self.info.extra["kv_bytes_per_token"] = sum(
+                a.shape[1] * a.shape[3] * a.itemsize for a in self._empty.values())
         self._init_decoding()               # self.kv: the tokens whose keys/values are cached
         self._past: dict[str, object] = {}  # past input name -> OrtValue
         self._io = None                      # shared layout: the binding kept across runs
@@ -221,26 +241,44 @@ class OnnxEngine(LocalEngine):
         import onnxruntime as ort
         self.kv.trim(0)
         if self._shared_kv:
-            if self._io is None:    # n_ctx positions per layer, bound once for good
+            if self._io is None:    # the buffers, allocated once for good
                 self._io = self._sess.io_binding()
                 self._logits_row = np.zeros((1, 1, self._logits_dim or self.n_vocab),
                                             self._logits_dtype)
                 self._logits_ov = ort.OrtValue.ortvalue_from_numpy(self._logits_row)
-                for name, a in self._empty.items():
-                    shape = list(a.shape)
-                    shape[self._seq_axis[name]] = self.n_ctx
-                    ov = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, a.dtype),
-                                                          self._kv_device, 0)
-                    self._io.bind_ortvalue_input(name, ov)
-                    self._io.bind_ortvalue_output(self._present_of[name], ov)
+                # the batch row of an idle sequence writes one position past its
+                # cache, which may be full: one spare position when batching
+                kv_len = self.n_ctx + (self.n_seq > 1)
+                self._kv = {name: ort.OrtValue.ortvalue_from_numpy(
+                    np.zeros((self.n_seq, a.shape[1], kv_len, a.shape[3]), a.dtype),
+                    self._kv_device, 0) for name, a in self._empty.items()}
+                self._lens = [0] * self.n_seq       # positions each sequence holds
+                self._logits_out: dict = {}         # (rows, keep) -> (buffer, OrtValue)
+                self._bound = None
+                self._bind_rows(0, 1)
             return
         self._past = {n: ort.OrtValue.ortvalue_from_numpy(a, self._kv_device, 0)
                       for n, a in self._empty.items()}
+
+    def _bind_rows(self, lo: int, hi: int) -> None:
+        """(shared layout) Bind sequences lo..hi-1 of the KV buffers as the
+        batch: past input and present output at the same memory."""
+        if self._bound == (lo, hi):
+            return
+        for name, ov in self._kv.items():
+            shape, dt = ov.shape(), self._empty[name].dtype
+            row = int(np.prod(shape[1:])) * dt.itemsize
+            ptr, dims = ov.data_ptr() + lo * row, [hi - lo, *shape[1:]]
+            self._io.bind_input(name, self._kv_device, 0, dt, dims, ptr)
+            self._io.bind_output(self._present_of[name], self._kv_device, 0, dt, dims, ptr)
+        self._bound = (lo, hi)
 
     def eval(self, tokens: Sequence[int], all_logits: bool = False) -> np.ndarray:
         """Run `tokens` after the cache; the logits row of the last one
         (float32), or of every one with `all_logits`."""
         tokens = [int(t) for t in tokens]
+        if self._shared_kv:
+            self._bind_rows(0, 1)       # generate() runs on sequence 0
         all_rows = all_logits
         logits = None
         rows = []
@@ -281,7 +319,66 @@ class OnnxEngine(LocalEngine):
             self.kv.append(chunk)
         return np.concatenate(rows) if all_rows else logits
 
+    def decode_many(self, items) -> list[np.ndarray]:
+        """As GGUFEngine.decode_many: `items` are (seq_id, first position, tokens,
+        want the logits of the last token). The one-token items run as one batch
+        over the sequences from the first of them to the last (a sequence in
+        between that is not in it evaluates a throwaway token one position past
+        its cache, which is never read); longer ones (prompt chunks) run alone."""
+        rows: dict[int, np.ndarray] = {}
+        steps = [(i, it) for i, it in enumerate(items) if len(it[2]) == 1]
+        if steps:
+            lo, hi = min(it[0] for _, it in steps), max(it[0] for _, it in steps) + 1
+            ids, ends = [0] * (hi - lo), [self._lens[s] + 1 for s in range(lo, hi)]
+            for _, (seq, pos, toks, _) in steps:
+                ids[seq - lo], ends[seq - lo] = toks[0], pos + 1
+            out = self._run(lo, hi, [[t] for t in ids], ends, keep=1)
+            for i, (seq, pos, toks, want) in steps:
+                self._lens[seq] = pos + 1
+                if want:
+                    rows[i] = np.array(out[seq - lo, -1], dtype=np.float32)
+        for i, (seq, pos, toks, want) in enumerate(items):
+            for c in range(0, len(toks) if len(toks) > 1 else 0, PROMPT_CHUNK):
+                chunk = [int(t) for t in toks[c:c + PROMPT_CHUNK]]
+                out = self._run(seq, seq + 1, [chunk], [pos + c + len(chunk)], keep=1)
+                self._lens[seq] = pos + c + len(chunk)
+            if want and i not in rows:
+                rows[i] = np.array(out[0, -1], dtype=np.float32)
+        return [rows[i] for i in sorted(rows)]
+
+    def _run(self, lo: int, hi: int, ids: list[list[int]], ends: list[int],
+             keep: int) -> np.ndarray:
+        """One run over sequences lo..hi-1 (shared layout): `ids` rows of equal
+        length ending at positions `ends`; the last `keep` logits rows of each."""
+        if any(e > self.n_ctx + (self.n_seq > 1) for e in ends):
+            raise EdgeChatError(f"a sequence would pass the {self.n_ctx}-token window")
+        self._bind_rows(lo, hi)
+        mask = np.zeros((hi - lo, max(ends)), dtype=np.int64)
+        for r, e in enumerate(ends):
+            mask[r, :e] = 1
+        io = self._io
+        io.bind_cpu_input("input_ids", np.array(ids, dtype=self._ids_dtype))
+        io.bind_cpu_input("attention_mask", mask)
+        if self._has_keep:
+            io.bind_cpu_input("logits_to_keep", np.array([keep], np.int64))
+        out = self._logits_out.get((hi - lo, keep))
+        if out is None:         # ORT writes the rows straight into a buffer kept per shape
+            import onnxruntime as ort
+            buf = np.zeros((hi - lo, keep, self._logits_dim or self.n_vocab), self._logits_dtype)
+            out = self._logits_out[hi - lo, keep] = (buf, ort.OrtValue.ortvalue_from_numpy(buf))
+        io.bind_ortvalue_output("logits", out[1])
+        self._sess.run_with_iobinding(io)
+        return out[0]
+
+    def trim_seq(self, seq: int, n: int) -> int:
+        """Cut sequence `seq` back to its first `n` positions (free: positions
+        past the mask's length are never read)."""
+        n = max(0, min(n, self._lens[seq]))
+        self._lens[seq] = n
+        return n
+
     def _free(self) -> None:
+        self._kv = {}
         self._past = {}
         self.kv.trim(0)
         self._io = None

@@ -1,9 +1,10 @@
 """Models for the API: opened lazily by name, kept warm, at most `max_loaded` at
 once (least recently used is unloaded), `--parallel` worker threads per model.
 
-A request becomes a `Job` run on one of its model's workers. A GGUF model
-opened with --parallel N decodes up to N jobs together (continuous batching,
-engines/batch.py); a model that cannot batch (ONNX) runs one job at a time.
+A request becomes a `Job` run on one of its model's workers. A model opened
+with --parallel N decodes up to N jobs together (continuous batching,
+engines/batch.py); one that cannot batch (an ONNX model with optimum's graph)
+runs one job at a time.
 Jobs beyond the slots wait in a per-model queue of at most `max_queue` (beyond
 that: ServerBusy, a 503). Events cross from the worker to the event loop
 through an asyncio queue; cancelling a job (the client left) stops its
@@ -163,13 +164,13 @@ class Entry:
         engine, info = model.engine, model.info
         slots = engine.capabilities.slots
         if slots < self.slots:
-            log.warning("%s: the %s engine serves one request at a time (continuous batching "
-                        "needs a GGUF model); --parallel %d applies to GGUF models only",
-                        self.name, info.format, self.slots)
+            why = info.extra.get("no_batching") or "its engine cannot batch"
+            log.warning("%s: serves one request at a time (%s); --parallel %d does not "
+                        "apply to it", self.name, why, self.slots)
             self.gate = threading.Semaphore(slots)
         self.slots = slots
         self.memory = {"slots": slots, "ctx_per_slot": info.n_ctx}
-        per_token = info.extra.get("kv_bytes_per_token")     # GGUF engines state it
+        per_token = info.extra.get("kv_bytes_per_token")     # local engines state it
         if per_token:
             self.memory.update(kv_bytes_per_slot=per_token * info.n_ctx,
                                kv_bytes_total=per_token * info.n_ctx * slots)
