@@ -224,21 +224,17 @@ def test_draft_model_with_another_vocabulary_is_one_line_error(request, real_gem
     assert e.value.param == "draft" and "\n" not in str(e.value)
 
 
-def test_adaptive_length_and_switching_off():
-    """The controller alone (timings given): the draft length grows while drafts
-    are all kept and shrinks to what was kept; rounds slower per token than plain
-    steps turn drafting off for 16 tokens, then 32; a winning round resets that."""
+def test_adaptive_switching_off():
+    """The controller alone (timings given): drafting at K_MAX while rounds win; rounds
+    slower per token than plain steps turn drafting off for 16 tokens, then 32; a new
+    request starts drafting again."""
     from edge_chat.engines.speculative import K_MAX, Adaptive
     a = Adaptive()
     a.plain(0.010)                               # a plain step: 10 ms
-    assert a.length(0) == 4
+    assert a.length(0) == K_MAX
     a.update(4, 4, 0.015, 5)                     # 5 tokens in 15 ms: wins
-    assert a.k == 8 and a.length(5) == 8
-    a.update(8, 8, 0.020, 14)
-    a.update(K_MAX, K_MAX, 0.025, 27)
-    assert a.k == K_MAX
     a.update(K_MAX, 2, 0.025, 30)                # 3 tokens in 25 ms: still wins on average
-    assert a.k == 3 and a.length(30) == 3
+    assert a.length(30) == K_MAX
     for produced in range(31, 41):               # 1 token per 20 ms: loses
         a.update(3, 0, 0.020, produced)
         if a.length(produced) == 0:
@@ -248,7 +244,14 @@ def test_adaptive_length_and_switching_off():
     a.update(1, 0, 0.020, produced + 16)         # loses again: off for 32
     assert a.length(produced + 16 + 31) == 0 and a.length(produced + 16 + 32) > 0
     a.begin()                                    # a new request starts drafting again
-    assert a.length(0) == 4 and a.t_plain == 0.010
+    assert a.length(0) == K_MAX and a.t_plain == 0.010
+
+
+def test_draft_model_length_follows_what_was_kept():
+    from edge_chat.engines.speculative import K_MAX, next_length
+    assert next_length(4, 4, 4) == 8 and next_length(8, 8, 8) == K_MAX
+    assert next_length(K_MAX, K_MAX, K_MAX) == K_MAX
+    assert next_length(K_MAX, K_MAX, 2) == 3 and next_length(3, 3, 0) == 1
 
 
 def test_lookup_and_prediction_drafts():
@@ -258,6 +261,12 @@ def test_lookup_and_prediction_drafts():
     look.feed([7])
     assert look.draft(3) == []                   # "2 3 7" never seen
     assert Lookup([5, 6, 1, 5, 6]).draft(2) == []   # two-token matches are too weak
+    # as far as the occurrence matches backwards: 3 tokens of context -> at most 3
+    assert Lookup([8, 1, 2, 3, 4, 5, 6, 7, 9, 1, 2, 3]).draft(16) == [4, 5, 6]
+    # a copied run of 10 tokens drafts 10 (up to the length asked)
+    code = list(range(20, 40))
+    look = Lookup(code + [0] + code[:10])
+    assert look.draft(16) == code[10:20] and look.draft(4) == code[10:14]
     pred = Prediction([10, 11, 12, 13, 14, 15, 16])
     assert pred.draft(3) == [10, 11, 12]         # nothing generated yet: from the start
     pred.feed([10, 11, 99])                      # an edit: off the prediction

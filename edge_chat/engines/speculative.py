@@ -4,7 +4,9 @@ pass of the model, keep the longest verified run.
 Draft sources (tried in this order, the first with a draft wins):
   * `Prediction` - OpenAI's Predicted Outputs: the text the caller expects;
   * `Lookup` - prompt lookup: the continuation of the latest earlier occurrence
-    of the last few tokens in the prompt and the answer so far;
+    of the last few tokens in the prompt and the answer so far, as many tokens
+    as the occurrence matches the answer's context backwards (a long copied run
+    drafts far, a chance 3-gram drafts little);
   * `DraftModel` - a small model with the same vocabulary, drafting greedily.
 
 Verification (`LocalEngine._speculate`): the pending token and the k drafted
@@ -18,9 +20,10 @@ min(1, p(d)/q(d)) = p(d), otherwise draw from the residual p without d - and as
 every emitted token takes one draw in order, a seeded answer is the one plain
 decoding gives.
 
-`Adaptive` sets the draft length from the acceptance of recent rounds and turns
-speculation off (for a growing number of tokens) while verified rounds give
-fewer tokens per second than plain steps."""
+`Adaptive` turns speculation off (for a growing number of tokens) while verified
+rounds give fewer tokens per second than plain steps. A draft is at most K_MAX
+tokens; the draft model sets its own length from how much of its recent drafts
+was kept (each token it drafts costs a step of the small model)."""
 
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 #: most tokens drafted for one round
-K_MAX = 12
+K_MAX = 16
 #: the cost of a verification pass per drafted token, in plain steps, until a
 #: plain step has been timed
 COST_PER_DRAFT = 0.25
@@ -71,6 +74,15 @@ class NgramIndex:
                     self._next[n][tuple(toks[i - n:i])] = i
             toks.append(int(t))
 
+    def context_match(self, i: int, limit: int = K_MAX) -> int:
+        """How many tokens before position `i` equal the tokens before the end
+        (the matched n-gram and as much of its context as also matches)."""
+        toks, n, end = self.tokens, 0, len(self.tokens)
+        while n < limit and i - n - 1 >= 0 and toks[i - n - 1] == toks[end - n - 1] \
+                and end - n - 1 > i - n - 1:
+            n += 1
+        return n
+
     def find(self, tail: Sequence[int]) -> int | None:
         """Index of the token that followed the latest occurrence of the longest
         matching suffix of `tail`."""
@@ -95,7 +107,7 @@ class Lookup:
     def draft(self, k: int) -> list[int]:
         toks = self.index.tokens
         i = self.index.find(toks)
-        return toks[i:i + k] if i is not None else []
+        return toks[i:i + min(k, self.index.context_match(i))] if i is not None else []
 
 
 class Prediction:
@@ -125,19 +137,39 @@ class Prediction:
         return self.index.tokens[self.pos:self.pos + k]
 
 
+def next_length(k: int, drafted: int, accepted: int) -> int:
+    """The draft model's next draft length: doubled (to K_MAX) after a draft kept
+    whole, else what was kept plus one."""
+    return min(k * 2, K_MAX) if accepted == drafted else max(1, accepted + 1)
+
+
 class DraftModel:
     """A small model with the same vocabulary drafts greedily after the
-    prompt and answer so far (its own KV cache follows them)."""
+    prompt and answer so far (its own KV cache follows them), as many tokens as
+    its recent drafts were kept (`next_length`)."""
     kind = "draft"
 
     def __init__(self, engine, prompt: Sequence[int]):
         self.engine = engine
         self.history = list(prompt)
+        self.k = 4
+        self._last: list[int] = []      # the last draft, and the tokens fed since
+        self._fed: list[int] = []
 
     def feed(self, tokens: Sequence[int]) -> None:
         self.history.extend(tokens)
+        self._fed.extend(tokens)
 
     def draft(self, k: int) -> list[int]:
+        if self._last:
+            kept = next((i for i, (a, b) in enumerate(zip(self._last, self._fed)) if a != b),
+                        min(len(self._last), len(self._fed)))
+            self.k = next_length(self.k, len(self._last), kept)
+        self._last = self._draft(min(k, self.k))
+        self._fed = []
+        return self._last
+
+    def _draft(self, k: int) -> list[int]:
         import numpy as np
         e, hist = self.engine, self.history
         if len(hist) + k >= e.info.n_ctx:
@@ -190,7 +222,7 @@ def drafters_for(mode: str, prompt: Sequence[int], prediction: Sequence[int] | N
 
 
 class Adaptive:
-    """Draft length from recent acceptance; speculation off while it loses.
+    """Speculation off while it loses; `length` is 0 (off) or K_MAX.
 
     `t_plain` (seconds per plain step, a moving average) is compared with the
     seconds per produced token of verified rounds (drafting included; until a
@@ -203,19 +235,17 @@ class Adaptive:
         self.begin()
 
     def begin(self) -> None:
-        self.k = 4
         self.off_until = 0
         self.backoff = 16
         self.gain: float | None = None      # moving average of plain time / round time per token
 
     def length(self, produced: int) -> int:
-        return 0 if produced < self.off_until else self.k
+        return 0 if produced < self.off_until else K_MAX
 
     def plain(self, seconds: float) -> None:
         self.t_plain = seconds if self.t_plain is None else 0.8 * self.t_plain + 0.2 * seconds
 
     def update(self, drafted: int, accepted: int, seconds: float, produced: int) -> None:
-        self.k = min(self.k * 2, K_MAX) if accepted == drafted else max(1, accepted + 1)
         cost = seconds / self.t_plain if self.t_plain else 1 + COST_PER_DRAFT * drafted
         gain = (accepted + 1) / max(cost, 1e-9)
         self.gain = gain if self.gain is None else 0.6 * self.gain + 0.4 * gain
