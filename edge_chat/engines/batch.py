@@ -8,10 +8,10 @@ KV buffers) and one scheduler thread. Each step:
      their slot; waiting requests join free slots - the slot whose cached tokens
      share the longest prefix with the prompt (the same conversation coming back
      reuses its cache: `_reuse`), else the least recently used one;
-  2. one forward pass (`decode_many`) over the next token of every running sequence (for a
-     request that just finished its prefill: its last prompt token), then each
-     row goes through that request's processors and sampler (its own
-     parameters, seed and logprobs);
+  2. one forward pass (`decode_many`) over the next token of every running
+     sequence (for a request that just finished its prefill: its last prompt
+     token), then each row goes through that request's processors and sampler
+     (its own parameters, seed and logprobs);
   3. one chunk of the waiting prompts (first come first) is prefilled, sized so
      that it costs at most STALL_STEPS decode steps' time (`max_batch_tokens` when
      nothing decodes), so a long prompt never freezes the running streams.
@@ -230,7 +230,8 @@ class BatchEngine:
                 self._emit(s, row)
         if prefilling:
             prefilling.sort(key=lambda s: s.req.order)      # first come, first prefilled
-            done += self._prefill(prefilling, limit=self._chunk() if decoding else self.engine.max_batch_tokens)
+            limit = self._chunk() if decoding else self.engine.max_batch_tokens
+            done += self._prefill(prefilling, limit=limit)
         if self.on_step is not None:
             self.on_step(done)
 
@@ -238,7 +239,8 @@ class BatchEngine:
         """Prompt tokens a step may prefill while other sequences decode."""
         if not self._t_token or not self._t_step:
             return FIRST_CHUNK
-        return max(MIN_CHUNK, min(self.engine.max_batch_tokens, int(STALL_STEPS * self._t_step / self._t_token)))
+        fits = int(STALL_STEPS * self._t_step / self._t_token)
+        return max(MIN_CHUNK, min(self.engine.max_batch_tokens, fits))
 
     def _prefill(self, slots: list[_Slot], limit: int) -> list[tuple]:
         """Evaluate the next `limit` prompt tokens of the slots, in order, in one

@@ -78,8 +78,7 @@ class NgramIndex:
         """How many tokens before position `i` equal the tokens before the end
         (the matched n-gram and as much of its context as also matches)."""
         toks, n, end = self.tokens, 0, len(self.tokens)
-        while n < limit and i - n - 1 >= 0 and toks[i - n - 1] == toks[end - n - 1] \
-                and end - n - 1 > i - n - 1:
+        while n < limit and i - n - 1 >= 0 and toks[i - n - 1] == toks[end - n - 1]:
             n += 1
         return n
 
