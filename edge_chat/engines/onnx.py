@@ -19,6 +19,7 @@ binding the rows from the first running sequence to the last."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -87,7 +88,6 @@ class OnnxEngine(LocalEngine):
 
         manifest = read_json(path / "edge_chat.json")
         config = read_json(path / "config.json")
-        self.vocab = Vocab(path, manifest, config)
         self.threads = threads or physical_cores()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -95,13 +95,18 @@ class OnnxEngine(LocalEngine):
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        try:
-            self._sess = ort.InferenceSession(str(model_file), sess_options=opts,
-                                              providers=providers)
-        except Exception as e:
-            msg = " ".join(str(e).split())[:200]
-            raise ModelLoadError(f"{model_file} cannot be loaded by onnxruntime "
-                                 f"(corrupt or incomplete?): {msg}") from None
+        # onnxruntime releases the GIL while it builds the session (prepacking the
+        # weights is most of it), so the tokenizer loads meanwhile
+        with ThreadPoolExecutor(1, thread_name_prefix="onnx-load") as pool:
+            session = pool.submit(ort.InferenceSession, str(model_file), sess_options=opts,
+                                  providers=providers)
+            self.vocab = Vocab(path, manifest, config)
+            try:
+                self._sess = session.result()
+            except Exception as e:
+                msg = " ".join(str(e).split())[:200]
+                raise ModelLoadError(f"{model_file} cannot be loaded by onnxruntime "
+                                     f"(corrupt or incomplete?): {msg}") from None
         if self._sess.get_providers()[0] != providers[0]:
             raise EdgeChatError(f"onnxruntime could not start {providers[0]} (missing GPU "
                                 "libraries or drivers?); use provider 'cpu'", param="provider")
