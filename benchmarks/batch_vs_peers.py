@@ -189,6 +189,7 @@ def serve_and_measure(name: str, cmd: list[str], port: int, model: str, levels, 
             C.say(f"{name}: a 2,000-token prompt arrives while 3 streams run")
             stall_row.update(stall(srv.url, model, bias))
         for c in levels:
+            clients(srv.url, model, c, 8, bias)     # warm-up at this batch size
             C.wait_quiet(timeout=60)
             C.say(f"{name}: {c} client(s)")
             rows.append({"peer": name, **clients(srv.url, model, c, gen, bias)})
