@@ -249,7 +249,7 @@ def test_adaptive_switching_off():
 
 def test_draft_model_length_follows_what_was_kept():
     from edge_chat.engines.speculative import K_MAX, next_length
-    assert next_length(4, 4, 4) == 8 and next_length(8, 8, 8) == K_MAX
+    assert next_length(4, 4, 4) == 8 and next_length(8, 8, 8) == min(16, K_MAX)
     assert next_length(K_MAX, K_MAX, K_MAX) == K_MAX
     assert next_length(K_MAX, K_MAX, 2) == 3 and next_length(3, 3, 0) == 1
 

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 #: most tokens drafted for one round
-K_MAX = 16
+K_MAX = 24
 #: the cost of a verification pass per drafted token, in plain steps, until a
 #: plain step has been timed
 COST_PER_DRAFT = 0.25
