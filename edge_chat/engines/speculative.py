@@ -74,7 +74,7 @@ class NgramIndex:
                     self._next[n][tuple(toks[i - n:i])] = i
             toks.append(int(t))
 
-    def context_match(self, i: int, limit: int = K_MAX) -> int:
+    def context_match(self, i: int, limit: int) -> int:
         """How many tokens before position `i` equal the tokens before the end
         (the matched n-gram and as much of its context as also matches)."""
         toks, n, end = self.tokens, 0, len(self.tokens)
@@ -106,7 +106,7 @@ class Lookup:
     def draft(self, k: int) -> list[int]:
         toks = self.index.tokens
         i = self.index.find(toks)
-        return toks[i:i + min(k, self.index.context_match(i))] if i is not None else []
+        return toks[i:i + self.index.context_match(i, k)] if i is not None else []
 
 
 class Prediction:
