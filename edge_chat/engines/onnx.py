@@ -248,9 +248,6 @@ class OnnxEngine(LocalEngine):
         if self._shared_kv:
             if self._io is None:    # the buffers, allocated once for good
                 self._io = self._sess.io_binding()
-                self._logits_row = np.zeros((1, 1, self._logits_dim or self.n_vocab),
-                                            self._logits_dtype)
-                self._logits_ov = ort.OrtValue.ortvalue_from_numpy(self._logits_row)
                 # the batch row of an idle sequence writes one position past its
                 # cache, which may be full: one spare position when batching
                 kv_len = self.n_ctx + (self.n_seq > 1)
@@ -306,11 +303,12 @@ class OnnxEngine(LocalEngine):
                 io.bind_output(name, self._kv_device)
             if self._shared_kv and n == 1:
                 # one token: ORT writes the row straight into our numpy buffer
-                io.bind_ortvalue_output("logits", self._logits_ov)
+                buf, ov = self._logits_buffer(1, 1)
+                io.bind_ortvalue_output("logits", ov)
                 self._sess.run_with_iobinding(io)
                 self.kv.append(chunk)
                 # a float32 copy: another thread's run may refill the buffer before we sample
-                logits = self._logits_row[0, 0].astype(np.float32)
+                logits = buf[0, 0].astype(np.float32)
                 continue
             io.bind_output("logits", "cpu")
             self._sess.run_with_iobinding(io)
@@ -366,14 +364,20 @@ class OnnxEngine(LocalEngine):
         io.bind_cpu_input("attention_mask", mask)
         if self._has_keep:
             io.bind_cpu_input("logits_to_keep", np.array([keep], np.int64))
-        out = self._logits_out.get((hi - lo, keep))
-        if out is None:         # ORT writes the rows straight into a buffer kept per shape
-            import onnxruntime as ort
-            buf = np.zeros((hi - lo, keep, self._logits_dim or self.n_vocab), self._logits_dtype)
-            out = self._logits_out[hi - lo, keep] = (buf, ort.OrtValue.ortvalue_from_numpy(buf))
-        io.bind_ortvalue_output("logits", out[1])
+        buf, ov = self._logits_buffer(hi - lo, keep)
+        io.bind_ortvalue_output("logits", ov)
         self._sess.run_with_iobinding(io)
-        return out[0]
+        return buf
+
+    def _logits_buffer(self, rows: int, keep: int) -> tuple[np.ndarray, object]:
+        """(shared layout) The buffer ORT writes `rows` x `keep` logits rows
+        straight into, kept per shape, and its OrtValue."""
+        out = self._logits_out.get((rows, keep))
+        if out is None:
+            import onnxruntime as ort
+            buf = np.zeros((rows, keep, self._logits_dim or self.n_vocab), self._logits_dtype)
+            out = self._logits_out[rows, keep] = (buf, ort.OrtValue.ortvalue_from_numpy(buf))
+        return out
 
     def trim_seq(self, seq: int, n: int) -> int:
         """Cut sequence `seq` back to its first `n` positions (free: positions
