@@ -14,7 +14,8 @@ import pytest
 
 from edge_chat.chat.params import make_params
 from edge_chat.convert import onnx as conv
-from edge_chat.engines.onnx import OnnxEngine, select_providers
+from edge_chat.engines.onnx import OnnxEngine
+from edge_chat.engines.onnx_providers import select_providers
 from edge_chat.engines.onnx_vocab import TokenBytes
 from edge_chat.engines.sampler import Sampler
 from edge_chat.errors import (

@@ -27,6 +27,7 @@ import numpy as np
 
 from edge_chat.engines.base import DEFAULT_MAX_CTX, ModelInfo, default_n_ctx
 from edge_chat.engines.decode import LocalEngine
+from edge_chat.engines.onnx_providers import KV_DEVICE, select_providers
 from edge_chat.engines.onnx_vocab import Vocab, read_json
 from edge_chat.engines.sampler import Sampler
 from edge_chat.errors import EdgeChatError, ModelLoadError
@@ -37,38 +38,6 @@ if TYPE_CHECKING:
 
 #: prompt tokens evaluated per run (bounds the logits buffer: chunk x vocab floats)
 PROMPT_CHUNK = 256
-PROVIDER_ALIASES = {
-    "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
-    "directml": "DmlExecutionProvider", "dml": "DmlExecutionProvider",
-    "rocm": "ROCMExecutionProvider", "migraphx": "MIGraphXExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider", "coreml": "CoreMLExecutionProvider",
-    "qnn": "QNNExecutionProvider", "webgpu": "WebGpuExecutionProvider",
-}
-#: where the KV cache lives for a provider (OrtValue device names)
-_KV_DEVICE = {"CUDAExecutionProvider": "cuda", "DmlExecutionProvider": "dml"}
-#: providers that do not compute locally
-_NOT_LOCAL = {"AzureExecutionProvider"}
-
-
-def select_providers(provider: str, available: Sequence[str] | None = None) -> list[str]:
-    """onnxruntime providers for `provider` ("cpu", "cuda", "directml", ... or a full
-    name like "CUDAExecutionProvider"), CPU last as fallback for unsupported nodes.
-    Raises EdgeChatError naming the installed ones."""
-    if available is None:
-        import onnxruntime as ort
-        available = ort.get_available_providers()
-    local = [a for a in available if a not in _NOT_LOCAL]
-    want = PROVIDER_ALIASES.get(provider.strip().lower(), provider.strip())
-    match = next((a for a in local if a.lower() == want.lower()), None)
-    if match is None:
-        short = {v: k for k, v in reversed(list(PROVIDER_ALIASES.items()))}
-        names = ", ".join(f"{short.get(a, a)} ({a})" for a in local) or "none"
-        hint = {"CUDAExecutionProvider": " (pip install onnxruntime-gpu)",
-                "DmlExecutionProvider": " (pip install onnxruntime-directml)"}.get(want, "")
-        raise EdgeChatError(f"onnxruntime execution provider '{provider}' is not available"
-                            f"{hint}; installed: {names}", param="provider")
-    return [match] if match == "CPUExecutionProvider" else [match, "CPUExecutionProvider"]
 
 
 class OnnxEngine(LocalEngine):
@@ -114,7 +83,7 @@ class OnnxEngine(LocalEngine):
         # the session's prepacked weights onto huge pages (in the background)
         self._huge_pages = collapse_to_huge_pages() if self.provider == \
             "CPUExecutionProvider" else None
-        self._kv_device = _KV_DEVICE.get(self.provider, "cpu")
+        self._kv_device = KV_DEVICE.get(self.provider, "cpu")
         self._shared_kv = bool(manifest.get("kv_share_buffer"))
         self._setup_io(model_file)
         self.n_vocab = self.vocab.n_vocab
