@@ -268,6 +268,41 @@ def test_a_conversation_coming_back_reuses_its_slot(batch_engine):
     assert again.n_prompt_evaluated == 1            # only its last token, for fresh logits
 
 
+def test_a_new_request_joins_next_to_the_running_ones(batch_engine, tiny_gguf):
+    """A step computes every sequence from the first running one to the last (ONNX: a
+    batch row each, llama.cpp: a KV stream each), so a request arriving while others
+    run takes a free slot next to them, not the least recently used one."""
+    eng = batch_engine
+    greedy = SamplingParams(temperature=0)
+    prompts = [tokens_of(eng, [{"role": "user", "content": f"Slot test {i}, hello."}])
+               for i in range(6)]
+
+    def slot_of(prompt):
+        return next(s.seq for s in eng.slots if s.kv.common_prefix(prompt) >= len(prompt) - 1)
+
+    for p in prompts[:4]:                   # one after another: each takes a slot of its own
+        drain(eng.session().generate(p, greedy), 2)
+    held = {slot_of(p): p for p in prompts[:4]}
+    assert sorted(held) == [0, 1, 2, 3]
+    for seq in (1, 3):                      # back again: slots 1 and 3 are the newest
+        drain(eng.session().generate(held[seq], greedy), 2)
+    # least recently used now: 0 and 2, in some order
+    endless = SamplingParams(temperature=0, max_tokens=500,
+                             logit_bias={int(t): -100.0 for t in no_eog(tiny_gguf["q8_0"])})
+    first = eng.session().generate(prompts[4], endless)
+    second = eng.session().generate(prompts[5], endless)
+    try:
+        next(first)
+        a = next(s.seq for s in eng.slots if s.req is not None)
+        assert a in (0, 2)
+        next(second)
+        b = next(s.seq for s in eng.slots if s.req is not None and s.seq != a)
+    finally:
+        first.close()
+        second.close()
+    assert abs(b - a) == 1          # next to the running one, not the other LRU slot (2 - a)
+
+
 def test_idle_sequences_between_running_ones_keep_their_cache(batch_engine):
     """Sequences 0 and 2 decode in one batch while 1 holds a prompt (the ONNX batch
     spans it with a throwaway row): 1 then continues exactly as a lone generation."""

@@ -48,6 +48,9 @@ STALL_STEPS = 3
 #: prefill chunk bounds (tokens) while other sequences decode
 MIN_CHUNK = 16
 FIRST_CHUNK = 64
+#: prompt tokens a slot's cache must save to outweigh an idle sequence inside the
+#: batch (re-prefilling them costs about what an idle sequence costs over one answer)
+LONG_REUSE = 256
 _END = object()
 
 
@@ -197,7 +200,7 @@ class BatchEngine:
             free = [s for s in self.slots if s.req is None]
             if not free:
                 return
-            slot = max(free, key=lambda s: (_reuse(s, req.prompt), -s.used))
+            slot = max(free, key=lambda s: self._fit(s, req.prompt))
             self._waiting.popleft()
             keep = self.engine.trim_seq(slot.seq, slot.kv.reusable(req.prompt))
             slot.kv.trim(keep)
@@ -207,6 +210,18 @@ class BatchEngine:
             req.n_prompt_evaluated = len(req.prompt) - keep
             if keep == len(req.prompt) - 1:
                 req.pending = req.prompt[-1]
+
+    def _fit(self, slot: _Slot, prompt: Sequence[int]) -> tuple:
+        """How well a free slot suits a prompt (highest best). A step computes every
+        sequence from the first running one to the last (ONNX: a batch row each;
+        llama.cpp: a KV stream each), so an idle one in between costs every step:
+        while others run, the slot that widens that range least, unless its cache
+        saves at least LONG_REUSE prompt tokens; then the slot whose cache the
+        prompt continues; then the least recently used one."""
+        reuse = _reuse(slot, prompt)
+        running = [s.seq for s in self.slots if s.req is not None]
+        wider = max(min(running) - slot.seq, slot.seq - max(running), 0) if running else 0
+        return reuse if reuse >= LONG_REUSE else 0, -wider, reuse, -slot.used
 
     def _step(self) -> None:
         running = [s for s in self.slots if s.req is not None]
