@@ -13,7 +13,10 @@ The servers run one after the other, never side by side.
 
     python benchmarks/batch_vs_peers.py [--model FILE.gguf] [--onnx FOLDER | --no-onnx]
                                         [--threads 2] [--gen 128] [--concurrency 1,2,4,8]
-                                        [--no-peer]
+                                        [--no-peer] [--no-engine-steps]
+
+Also timed: one decode step over B sequences on each of our engines alone (no server,
+no HTTP), which bounds what batching can give on this machine.
 """
 
 from __future__ import annotations
@@ -218,6 +221,36 @@ def batched_bench(exe: Path | None, model: Path, threads: int, prompt: int, gen:
     return rows
 
 
+def engine_steps(path: Path, threads: int, levels, n_steps: int = 40) -> dict[int, float]:
+    """The runtime's own cost of a batch, without the server: seconds of one decode
+    step (decode_many over B rows, B = each level) on the engine `serve --parallel`
+    opens, median over `n_steps` steps after each row's prompt. The ratios
+    B x t(1) / t(B) bound what batching can give over HTTP on this machine."""
+    from edge_chat.engines import EngineOptions, load_engine
+    batch = load_engine(path, EngineOptions(threads=threads, n_ctx=1024, parallel=max(levels),
+                                            speculative="off"), probe=False)
+    engine = getattr(batch, "engine", batch)    # the engine under the scheduler
+    try:
+        prompts = [engine.tokenize(p) for p in PROMPTS]
+        out = {}
+        for b in levels:
+            C.wait_quiet(timeout=60)
+            rows = [(s, prompts[s % len(prompts)]) for s in range(b)]
+            for s, toks in rows:
+                engine.trim_seq(s, 0)
+                engine.decode_many([(s, 0, toks[:-1], False)])
+            pos = {s: len(toks) - 1 for s, toks in rows}
+            times = []
+            for i in range(n_steps):
+                t0 = time.perf_counter()
+                engine.decode_many([(s, pos[s] + i, [toks[-1]], True) for s, toks in rows])
+                times.append(time.perf_counter() - t0)
+            out[b] = C.med(times[3:])
+        return out
+    finally:
+        batch.close()
+
+
 def ours(model: Path, label: str, a, levels, bias, logs: Path) -> tuple[list, list, dict]:
     """`edge_chat serve --parallel` on a GGUF file or an ONNX folder: (rows, lone answers,
     the stall measurement)."""
@@ -272,6 +305,8 @@ def main() -> None:
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--concurrency", default="1,2,4,8")
     ap.add_argument("--no-peer", action="store_true", help="skip llama-cpp-python's server")
+    ap.add_argument("--no-engine-steps", action="store_true",
+                    help="skip timing the engines' batched steps without a server")
     ap.add_argument("--batched-bench", type=Path, default=os.environ.get("LLAMA_BATCHED_BENCH"))
     a = ap.parse_args()
     model = a.model or C.real_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
@@ -312,6 +347,15 @@ def main() -> None:
                  [[r["peer"], r["clients"], r.get("failed", 0), f"{r['aggregate_tps']:.1f}",
                    f"{r['stream_tps']:.1f}", f"{r['ttft'] * 1000:.0f}/{r['ttft_max'] * 1000:.0f}"]
                   for r in rows])
+    ceiling = []
+    for path, label in ((model, "edge_chat GGUF"), (onnx, "edge_chat ONNX")):
+        if path is not None and not a.no_engine_steps:
+            t = engine_steps(path, a.threads, levels)
+            ceiling += [[label, b, f"{t[b] * 1000:.1f}", f"{b * t[1] / t[b]:.2f}x",
+                         f"{t[1] / t[b]:.2f}x"] for b in levels if 1 in t]
+    if ceiling:
+        C.print_rows("the engines alone: one decode step over B sequences, no server",
+                     ["engine", "B", "step ms", "aggregate x B=1", "per stream x B=1"], ceiling)
     if checks:
         C.print_rows("targets (noisy on a shared machine)",
                      ["server", "what", "value", "target", ""], checks)
