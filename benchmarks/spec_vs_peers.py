@@ -11,7 +11,8 @@ Workloads (edge_chat/data/code_edits.json, written for this benchmark):
   * open-ended questions (20, nothing to copy): speculation must not slow them down;
   * greedy identity: answers with speculation equal the plain answers token for
     token on 50 prompts (the 6 edits, 24 more instructions on the same functions,
-    the 20 questions), on both engines.
+    the 20 questions), on both engines; where one differs, how close the plain run's
+    two best tokens were at the first token that differs (a near-tie, or a real bug).
 
     python benchmarks/spec_vs_peers.py [--gguf FILE] [--onnx FOLDER] [--threads 2]
         [--rounds 3] [--edits 6] [--questions 20] [--identity 50] [--max-tokens 512]
@@ -58,6 +59,25 @@ def ours(model, text: str, max_tokens: int, mode: str, prediction: str | None = 
     return {"tokens": max(st.completion_tokens - 1, 0), "seconds": st.seconds - st.ttft,
             "drafted": st.draft_tokens, "accepted": st.accepted_tokens,
             "text": c.choices[0].text}
+
+
+def identical(model, text: str, prediction: str | None, max_tokens: int) -> float | None:
+    """None if the greedy answer with speculation (and the prediction) equals the plain
+    one token for token; else how close the plain run's two best tokens were where the
+    answers part (logprob gap, nats: a near-tie that rounding can flip is ~0.01)."""
+    from edge_chat.chat.params import make_params
+    params = make_params(temperature=0, max_tokens=max_tokens)
+    answers = []
+    for mode, pred in (("off", None), ("auto", prediction)):
+        model.engine.speculative = mode
+        c = model.complete([{"role": "user", "content": text}], params, prediction=pred,
+                           logprobs=2)
+        answers.append(c.choices[0].logprobs)
+    plain, spec = answers
+    for a, b in zip(plain, spec):
+        if a.bytes != b.bytes:
+            return a.top[0].logprob - a.top[1].logprob
+    return None if len(plain) == len(spec) else float("nan")
 
 
 def llama_lookup(llm, model, text: str, max_tokens: int) -> dict:
@@ -177,11 +197,14 @@ def main() -> None:
 
     say(f"greedy identity on {len(work['identity'])} prompts ...")
     for k, m in models.items():
-        same = sum(ours(m, t, min(mt, 256), "off")["text"] == ours(m, t, min(mt, 256), "auto",
-                                                                   p)["text"]
-                   for t, p in work["identity"])
+        runs = [identical(m, t, p, min(mt, 256)) for t, p in work["identity"]]
+        same = sum(r is None for r in runs)
+        gaps = ", ".join(f"{g:.3f}" for g in sorted(r for r in runs if r is not None))
         checks.append([f"{k}: greedy answers identical with speculation", f"{same}/"
-                       f"{len(work['identity'])}", "all", verdict(same == len(work["identity"]))])
+                       f"{len(work['identity'])}" + (f" (first differing token: the plain "
+                                                     f"run's top-2 gap {gaps} nats)" if gaps
+                                                     else ""),
+                       "all", verdict(same == len(work["identity"]))])
     print_rows("targets", ["check", "measured", "target", "verdict"], checks)
     llm.close()
     for m in models.values():
