@@ -2,7 +2,8 @@
 and the fused ONNX graph: concurrent greedy answers equal lone ones, per-request
 sampling/stop/max_tokens, disconnects free their slot, 50 clients through 4 slots, the
 queue's 503, a long prompt prefilled in chunks between the running streams' steps, slot
-prefix reuse, idle sequences between running ones keeping their cache."""
+prefix reuse, a new request packed next to the running ones, idle sequences between
+running ones keeping their cache."""
 
 from __future__ import annotations
 
