@@ -128,7 +128,8 @@ def test_eval_many_and_trim(engine):
     assert engine.kv.tokens == prompt + answer[:1]
     again = engine.eval(answer[1:3], all_logits=True)
     assert np.allclose(again, rows[2:4], atol=1e-3)
-    assert int(np.argmax(engine.eval([answer[3]]))) == answer[4]
+    one = engine.eval([answer[3]], all_logits=True)     # one token: one row
+    assert one.shape[0] == 1 and int(np.argmax(one[0])) == answer[4]
     # generate() reuses what the steps left in the cache
     assert [t.id for t in greedy(engine, prompt)] == answer
     assert engine.n_prompt_evaluated == 1

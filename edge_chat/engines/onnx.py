@@ -270,7 +270,7 @@ class OnnxEngine(LocalEngine):
             for name in presents:
                 io.bind_ortvalue_input(self._present[name], self._past[self._present[name]])
                 io.bind_output(name, self._kv_device)
-            if self._shared_kv and n == 1:
+            if self._shared_kv and n == 1 and not all_rows:
                 # one token: ORT writes the row straight into our numpy buffer
                 buf, ov = self._logits_buffer(1, 1)
                 io.bind_ortvalue_output("logits", ov)
