@@ -35,6 +35,18 @@ def real_model(name: str) -> Path | None:
     return find_real_models().get(name)
 
 
+def model_or_qwen(given: Path | None) -> Path:
+    """The model a script was given, else the real Qwen2.5-Coder-0.5B Q4_K_M; one line and
+    exit when there is neither."""
+    path = given or real_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
+    if path is None:
+        raise SystemExit("no model: pass a .gguf file or an ONNX folder (or fetch the real "
+                         "models)")
+    if not path.exists():
+        raise SystemExit(f"no such model: {path}")
+    return path
+
+
 def machine() -> str:
     from edge_chat.system import available_memory, physical_cores
     cpu = "?"

@@ -112,9 +112,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=256)
     a = ap.parse_args()
-    path = a.model or C.real_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
-    if path is None:
-        raise SystemExit("no model: pass a .gguf file or an ONNX folder")
+    path = C.model_or_qwen(a.model)
     print(f"# {C.machine()}\n# {path.name}, {a.threads} threads")
     model = open_chat(str(path), EngineOptions(threads=a.threads, speculative="off"))
     C.wait_quiet(timeout=60)

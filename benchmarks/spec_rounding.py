@@ -44,9 +44,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    path = a.model or C.real_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
-    if path is None:
-        raise SystemExit("no model: pass a .gguf file or an ONNX folder")
+    path = C.model_or_qwen(a.model)
     e = load_engine(path, EngineOptions(threads=a.threads, n_ctx=2048, speculative="off"),
                     probe=False)
     try:
