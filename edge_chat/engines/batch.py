@@ -200,7 +200,9 @@ class BatchEngine:
             free = [s for s in self.slots if s.req is None]
             if not free:
                 return
-            slot = max(free, key=lambda s: self._fit(s, req.prompt))
+            running = [s.seq for s in self.slots if s.req is not None]
+            span = (min(running), max(running)) if running else None
+            slot = max(free, key=lambda s: _fit(s, req.prompt, span))
             self._waiting.popleft()
             keep = self.engine.trim_seq(slot.seq, slot.kv.reusable(req.prompt))
             slot.kv.trim(keep)
@@ -210,18 +212,6 @@ class BatchEngine:
             req.n_prompt_evaluated = len(req.prompt) - keep
             if keep == len(req.prompt) - 1:
                 req.pending = req.prompt[-1]
-
-    def _fit(self, slot: _Slot, prompt: Sequence[int]) -> tuple:
-        """How well a free slot suits a prompt (highest best). A step computes every
-        sequence from the first running one to the last (ONNX: a batch row each;
-        llama.cpp: a KV stream each), so an idle one in between costs every step:
-        while others run, the slot that widens that range least, unless its cache
-        saves at least LONG_REUSE prompt tokens; then the slot whose cache the
-        prompt continues; then the least recently used one."""
-        reuse = _reuse(slot, prompt)
-        running = [s.seq for s in self.slots if s.req is not None]
-        wider = max(min(running) - slot.seq, slot.seq - max(running), 0) if running else 0
-        return reuse if reuse >= LONG_REUSE else 0, -wider, reuse, -slot.used
 
     def _step(self) -> None:
         running = [s for s in self.slots if s.req is not None]
@@ -316,6 +306,19 @@ class BatchEngine:
         sampler, req.sampler = req.sampler, None
         if sampler is not None:
             sampler.close()
+
+
+def _fit(slot: _Slot, prompt: Sequence[int], span: tuple[int, int] | None) -> tuple:
+    """How well a free slot suits a prompt (highest best), given the first and last
+    running sequence (None: none runs).
+    A step computes every sequence from the first running one to the last (ONNX: a
+    batch row each; llama.cpp: a KV stream each), so an idle one in between costs every
+    step: while others run, the slot that widens that range least, unless its cache
+    saves at least LONG_REUSE prompt tokens; then the slot whose cache the prompt
+    continues; then the least recently used one."""
+    reuse = _reuse(slot, prompt)
+    wider = max(span[0] - slot.seq, slot.seq - span[1], 0) if span else 0
+    return reuse if reuse >= LONG_REUSE else 0, -wider, reuse, -slot.used
 
 
 def _reuse(slot: _Slot, prompt: Sequence[int]) -> int:
