@@ -31,7 +31,7 @@ def cache_dir() -> Path:
 
 def real_model(name: str) -> Path | None:
     """A real model from ../shared/models/get-real-models, if fetched."""
-    from tests.fixtures_real import find_real_models
+    from tests.support.real_models import find_real_models
     return find_real_models().get(name)
 
 

@@ -138,7 +138,7 @@ def stall(url: str, model: str, bias: dict, n_long: int = 2000) -> dict:
     """Three streams run; a prompt of ~n_long tokens arrives. The longest gap between two
     tokens of a running stream while the long prompt is prefilled, against their usual gap."""
     import httpx
-    from edge_chat.bench import FILLER
+    from edge_chat.bench.prompts import FILLER
     times: list[list[float]] = [[], [], []]
     stop = threading.Event()
 

@@ -1,7 +1,7 @@
 """A benchmark model with the real shape of SmolLM2-135M and random weights, for
 machines without the real models: Llama, hidden 576, 30 layers, 9 heads, 3 KV heads,
 intermediate 1536, vocabulary 49152, tied embeddings, bf16 (like the release).
-The tokenizer is the tiny test model's SentencePiece one (tests/tiny_model.py), its
+The tokenizer is the tiny test model's SentencePiece one (tests/support/tiny_model.py), its
 vocabulary padded to 49152 by the converters; speed depends on the shapes, not on
 what the tokens mean.
 
@@ -36,7 +36,7 @@ def _build_hf(out: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tests.fixtures_tiny import tiny_hf_dir
+    from tests.support.tiny_builds import tiny_hf_dir
     tiny = tiny_hf_dir()
     out.mkdir(parents=True)
     for name in TOKENIZER_FILES:
@@ -53,7 +53,7 @@ def _build_hf(out: Path) -> Path:
 
 
 def _once(final: Path, build) -> Path:
-    from tests.fixtures_tiny import _build_once
+    from tests.support.cache import build_once as _build_once
     return _build_once(final, build)
 
 
@@ -64,14 +64,14 @@ def hf() -> Path:
 
 
 def gguf(quant: str = "q4_k_m") -> Path:
-    from edge_chat.convert.gguf import convert_to_gguf
+    from edge_chat.convert.to_gguf import convert_to_gguf
     src = hf()
     return _once(src.parent / f"smollm2-135m-shape-{quant}.gguf",
                  lambda tmp: Path(convert_to_gguf(src, quant, tmp / f"m-{quant}.gguf").output))
 
 
 def onnx(quant: str = "int4") -> Path:
-    from edge_chat.convert.onnx import convert_to_onnx
+    from edge_chat.convert.to_onnx import convert_to_onnx
     src = hf()
     return _once(src.parent / f"onnx-{quant}",
                  lambda tmp: Path(convert_to_onnx(src, quant, tmp / f"onnx-{quant}").output))

@@ -27,7 +27,8 @@ from pathlib import Path
 from _common import (MB, best, cache_dir, cell, column, interleave, llama_greedy, machine, paired,
                      print_rows, read_bandwidth, real_model, say, verdict, wait_quiet)
 
-from edge_chat.bench import BenchConfig, Runner, exact_prompt, measure_in_child  # noqa: E402
+from edge_chat.bench.measure import BenchConfig, Runner, measure_in_child  # noqa: E402
+from edge_chat.bench.prompts import exact_prompt
 
 QWEN = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 
@@ -79,7 +80,7 @@ def main() -> None:
     import llama_cpp
 
     from edge_chat.engines import EngineOptions
-    from edge_chat.engines.gguf_file import read_gguf
+    from edge_chat.store.gguf_file import read_gguf
     from edge_chat.runtime import open_chat
     from edge_chat.system import physical_cores
 
@@ -111,7 +112,9 @@ def main() -> None:
         raise SystemExit(f"edge_chat bench failed: {child['error']}")
 
     say("ours, raw llama-cpp-python and llama-bench, interleaved run by run ...")
-    model = open_chat(str(a.model), EngineOptions(n_ctx=a.ctx_size, threads=threads),
+    # prefill is measured: no prompt cache
+    model = open_chat(str(a.model), EngineOptions(n_ctx=a.ctx_size, threads=threads,
+                                                  cache_ram="0"),
                       need_template=False)
     runner = Runner(model, BenchConfig(prompt_lengths=[a.prompt], gen=a.gen))
     tokens = exact_prompt(model, a.prompt, runner.filler)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import _common as C  # noqa: E402  (puts the repo on sys.path)
 
-from edge_chat.chat.params import make_params  # noqa: E402
+from edge_chat.params import make_params  # noqa: E402
 from edge_chat.chat.tools import parse_tools  # noqa: E402
 from edge_chat.engines import EngineOptions  # noqa: E402
 from edge_chat.runtime import open_chat  # noqa: E402
@@ -38,7 +38,7 @@ ASK_EMAIL = [{"role": "user", "content": "Email bob@example.com a long, friendly
 
 
 def default_models() -> list[Path]:
-    from tests.fixtures_real import QWEN_GGUF
+    from tests.support.real_models import QWEN_GGUF
     out = [p for p in [C.real_model(QWEN_GGUF)] if p]
     cache = Path.home() / ".cache" / "edge-chat-tests"
     out += sorted(cache.glob("real-*/qwen-onnx-int4"))[:1]

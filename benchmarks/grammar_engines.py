@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge_chat.engines.onnx_vocab import Vocab  # noqa: E402
+from edge_chat.engines.onnx.vocab import Vocab  # noqa: E402
 
 SCHEMA = {"type": "object", "properties": {
     "name": {"type": "string"}, "age": {"type": "integer"},
@@ -56,7 +56,7 @@ class FolderVocab:
 
 
 def run_llguidance(vocab: FolderVocab, ids: list[int]) -> tuple[float, list[float]]:
-    from edge_chat.engines.grammar import GrammarProcessor, vocab_tokenizer
+    from edge_chat.engines.grammar_processor import GrammarProcessor, vocab_tokenizer
     vocab_tokenizer(vocab)
     t0 = time.perf_counter()
     proc = GrammarProcessor(vocab, "start: %json " + json.dumps(SCHEMA))

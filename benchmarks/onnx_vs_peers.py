@@ -34,7 +34,8 @@ from pathlib import Path
 from _common import (MB, best, cache_dir, cell, column, interleave, machine, paired, print_rows,
                      real_model, say, verdict, wait_quiet)
 
-from edge_chat.bench import BenchConfig, Runner, exact_prompt, measure_in_child  # noqa: E402
+from edge_chat.bench.measure import BenchConfig, Runner, measure_in_child  # noqa: E402
+from edge_chat.bench.prompts import exact_prompt
 
 QWEN_HF = "qwen2.5-coder-0.5b-instruct-hf"
 GENAI_PACKAGES = ["onnxruntime-genai", "transformers", "onnx", "onnx_ir", "torch==2.13.0"]
@@ -82,7 +83,7 @@ def our_model(hf: Path, explicit: Path | None, graph: str = "auto") -> Path:
         return explicit
     out = cache_dir() / "onnx" / f"{_key(hf)}-int4-{graph}"
     if not (out / "model.onnx").is_file():
-        from edge_chat.convert.onnx import convert_to_onnx
+        from edge_chat.convert.to_onnx import convert_to_onnx
         say(f"edge_chat convert {hf} --to onnx --quant int4 --graph {graph} -o {out} ...")
         out.parent.mkdir(parents=True, exist_ok=True)
         convert_to_onnx(hf, "int4", out, graph=graph)
@@ -143,7 +144,7 @@ def main() -> None:
     threads = a.threads or physical_cores()
     ours_dir = our_model(a.hf, a.onnx)
     opt_dir = our_model(a.hf, None, "optimum")
-    from edge_chat.convert.common import path_size
+    from edge_chat.store.paths import path_size
     size = path_size(ours_dir)
     print(f"# onnx_vs_peers: {a.hf.name} -> {ours_dir.name} ({size / MB:.0f} MB); prompt "
           f"{a.prompt} tokens, {a.gen} generated, {a.reps} reps, {threads} threads, "
@@ -158,7 +159,9 @@ def main() -> None:
     if "error" in child:
         raise SystemExit(f"edge_chat bench failed: {child['error']}")
 
-    model = open_chat(str(ours_dir), EngineOptions(threads=threads), need_template=False)
+    # prefill is measured: no prompt cache
+    model = open_chat(str(ours_dir), EngineOptions(threads=threads, cache_ram="0"),
+                      need_template=False)
     runner = Runner(model, BenchConfig(prompt_lengths=[a.prompt], gen=a.gen))
     tokens = exact_prompt(model, a.prompt, runner.filler)
     from optimum.onnxruntime import ORTModelForCausalLM

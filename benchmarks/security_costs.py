@@ -30,7 +30,7 @@ LOAD = """
 import json, sys, time
 t = time.perf_counter()
 from edge_chat.engines import EngineOptions, load_engine
-from edge_chat.chat.params import make_params
+from edge_chat.params import make_params
 e = load_engine(sys.argv[1], EngineOptions(n_ctx=1024, threads=int(sys.argv[2])))
 load = time.perf_counter() - t
 ids = e.tokenize("Write a long story about a lighthouse keeper.")
@@ -71,7 +71,7 @@ def probe_costs(model: Path, rounds: int, threads: int) -> None:
 def body_limit(model: Path, threads: int) -> None:
     import httpx
 
-    from tests.test_server_helpers import Server, make_store
+    from tests.support.server import Server, make_store
     with tempfile.TemporaryDirectory() as tmp:
         store = make_store(Path(tmp) / "store", {"m.gguf": model})
         server = Server(store, "--threads", str(threads), log=Path(tmp) / "log")

@@ -24,8 +24,8 @@ import numpy as np
 
 import _common as C  # noqa: E402  (puts the repo on sys.path)
 
-from edge_chat.bench_edit import edit_message, load_workload  # noqa: E402
-from edge_chat.chat.params import make_params  # noqa: E402
+from edge_chat.bench.edit import edit_message, load_workload  # noqa: E402
+from edge_chat.params import make_params  # noqa: E402
 from edge_chat.engines import EngineOptions  # noqa: E402
 from edge_chat.engines import speculative as S  # noqa: E402
 from edge_chat.runtime import open_chat  # noqa: E402

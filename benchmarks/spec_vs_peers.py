@@ -40,7 +40,7 @@ MORE_INSTRUCTIONS = (
 
 def prompts(a) -> dict[str, list[tuple[str, str | None]]]:
     """Workload -> [(user message, prediction)]."""
-    from edge_chat.bench_edit import edit_message, load_workload
+    from edge_chat.bench.edit import edit_message, load_workload
     w = load_workload()
     edits = [(edit_message(e), e["code"]) for e in w["code_edits"]]
     more = [(f"{i}\n\n```python\n{e['code']}```", None)
@@ -51,7 +51,7 @@ def prompts(a) -> dict[str, list[tuple[str, str | None]]]:
 
 
 def ours(model, text: str, max_tokens: int, mode: str, prediction: str | None = None) -> dict:
-    from edge_chat.chat.params import make_params
+    from edge_chat.params import make_params
     params = make_params(temperature=0, max_tokens=max_tokens)
     model.engine.speculative = mode
     c = model.complete([{"role": "user", "content": text}], params, prediction=prediction)
@@ -65,7 +65,7 @@ def identical(model, text: str, prediction: str | None, max_tokens: int) -> floa
     """None if the greedy answer with speculation (and the prediction) equals the plain
     one token for token; else how close the plain run's two best tokens were where the
     answers part (logprob gap, nats: a near-tie that rounding can flip is ~0.01)."""
-    from edge_chat.chat.params import make_params
+    from edge_chat.params import make_params
     params = make_params(temperature=0, max_tokens=max_tokens)
     answers = []
     for mode, pred in (("off", None), ("auto", prediction)):
@@ -82,7 +82,7 @@ def identical(model, text: str, prediction: str | None, max_tokens: int) -> floa
 
 def llama_lookup(llm, model, text: str, max_tokens: int) -> dict:
     """llama-cpp-python's prompt lookup on the same prompt tokens (greedy)."""
-    from edge_chat.chat.params import make_params
+    from edge_chat.params import make_params
     tokens = model.prepare([{"role": "user", "content": text}],
                            make_params(max_tokens=max_tokens)).tokens
     try:

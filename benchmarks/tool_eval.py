@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.test_server_helpers import Server, make_store  # noqa: E402
+from tests.support.server import Server, make_store  # noqa: E402
 
 TOOLS = [
     {"type": "function", "function": {
@@ -151,7 +151,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=20, help="prompts per measure (max 20)")
     args = ap.parse_args()
     import openai
-    from edge_chat.store import resolve_model
+    from edge_chat.store.paths import resolve_model
     tmp = Path(tempfile.mkdtemp(prefix="tool_eval_"))
     paths = {Path(resolve_model(m)).name: Path(resolve_model(m)) for m in args.models}
     store = make_store(tmp / "store", paths)

@@ -78,7 +78,7 @@ def _lock_file(folder: Path) -> Path:
     """The lock of an output folder, kept in the cache (nothing extra in the folder)."""
     import hashlib
 
-    from edge_chat.store import cache_dir
+    from edge_chat.system import cache_dir
     key = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:24]
     return cache_dir() / "locks" / f"{key}.lock"
 
@@ -158,11 +158,11 @@ def leftovers(folder: Path, alone: bool | None = None) -> list[Path]:
 
 def clean_leftovers(folder: Path, alone: bool | None = None) -> list[tuple[Path, int]]:
     """Remove leftovers(folder); returns what was removed with its size in bytes."""
-    from edge_chat.store import path_size
+    from edge_chat.system import tree_size
     removed = []
     for p in leftovers(folder, alone):
         try:
-            size = path_size(p)
+            size = tree_size(p)
         except OSError:
             size = 0
         remove(p)

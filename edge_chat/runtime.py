@@ -9,7 +9,7 @@ from typing import Callable
 from edge_chat.chat.completion import ChatModel
 from edge_chat.chat.template import resolve_template
 from edge_chat.engines import EngineOptions, load_engine
-from edge_chat.store import resolve_model
+from edge_chat.store.paths import resolve_model
 
 
 def open_chat(spec: str | None, options: EngineOptions | None = None, *,
@@ -40,5 +40,5 @@ def grammar_processors(engine):
     """What ChatModel calls to enforce a Grammar on `engine` (None: it cannot)."""
     if not engine.capabilities.logits_processors:
         return None
-    from edge_chat.engines.grammar import GrammarProcessor
+    from edge_chat.engines.grammar_processor import GrammarProcessor
     return lambda grammar: GrammarProcessor(engine, grammar.lark, grammar.param)

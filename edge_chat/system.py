@@ -1,8 +1,13 @@
-"""Facts about this machine (cores, memory) and a memory hint (huge pages)."""
+"""Facts about this machine (cores, memory, disk, the per-user cache folder), a memory
+hint (huge pages), and sizes for people (`parse_size`, `fmt_size`, `tree_size`)."""
 
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
+
+from edge_chat.errors import EdgeChatError
 
 
 def physical_cores() -> int:
@@ -175,3 +180,50 @@ def free_bytes(path) -> int:
 def no_space_message(path, needed: int) -> str:
     """'no space left on /dev/sda1: 340 MB needed' (needed counts bytes still missing)."""
     return f"no space left on {disk_device(path)}: {max(1, -(-needed // 10**6))} MB needed"
+
+
+def cache_dir() -> Path:
+    """`$EDGE_CHAT_CACHE`, else `$XDG_CACHE_HOME/edge_chat` (~/.cache/edge_chat): the
+    probe verdicts and the convert locks."""
+    env = os.environ.get("EDGE_CHAT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge_chat"
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.I)
+_UNITS = {"": 1, "b": 1,
+          "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4,
+          "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4,
+          "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4}
+
+
+def parse_size(text: str | int) -> int:
+    """'4GB' -> 4*10^9, '512MiB' -> 512*2^20, '4g' -> 4*2^30, '1024' -> 1024 bytes.
+    SI suffixes (KB, MB, GB, TB) are decimal; KiB.. and bare k/m/g/t are binary."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE_RE.match(str(text))
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in _UNITS:
+        raise EdgeChatError(f"invalid size '{text}': use e.g. 4GB, 512MiB, 4g or a number of bytes",
+                            param="vram")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def fmt_size(n: float | None) -> str:
+    """Bytes for people: '491.4 MB' (decimal units); None → '?'."""
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return "?"

@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from edge_chat.chat.params import SamplingParams
+from edge_chat.params import SamplingParams
 from edge_chat.engines import EngineOptions, load_engine
-from tests.test_server_helpers import FAST, Server, chatml, make_store, no_eog, sse_events
-from tests.tiny_model import TRAINED_QA
+from tests.support.server import FAST, Server, chatml, make_store, no_eog, sse_events
+from tests.support.tiny_model import TRAINED_QA
 
 GGUF = "tiny-q8_0"
 ONNX = "tiny-onnx-int4"
@@ -195,8 +195,9 @@ def test_queue_full_beyond_slots_is_503(tiny_gguf, tmp_path):
 @pytest.fixture(scope="module", params=["gguf", "onnx"])
 def batch_engine(request, tiny_gguf):
     _, files = tiny_model(request.param, request)
+    # the scheduler alone: no prompt cache (tests/test_prompt_cache.py tests it)
     engine = load_engine(next(iter(files.values())),
-                         EngineOptions(threads=1, parallel=4, n_ctx=2048))
+                         EngineOptions(threads=1, parallel=4, n_ctx=2048, cache_ram="0"))
     yield engine
     engine.close()
 

@@ -9,7 +9,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from edge_chat.bench import exact_prompt, filler_tokens, parse_lengths, summary
+from edge_chat.bench.measure import parse_lengths, summary
+from edge_chat.bench.prompts import exact_prompt, filler_tokens
 from edge_chat.cli import app
 from edge_chat.errors import EdgeChatError
 

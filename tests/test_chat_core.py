@@ -6,7 +6,7 @@ import pytest
 
 from edge_chat.chat.context import fit_messages
 from edge_chat.chat.messages import load_messages, normalize_messages, save_messages
-from edge_chat.chat.params import chat_params, make_params, parse_value, update_params
+from edge_chat.params import chat_params, make_params, parse_value, update_params
 from edge_chat.chat.stops import StopMatcher
 from edge_chat.chat.template import BUILTIN, ChatTemplate, resolve_template
 from edge_chat.errors import ContextLengthExceeded, EdgeChatError

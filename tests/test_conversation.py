@@ -9,13 +9,13 @@ import jsonschema
 import pytest
 
 from edge_chat.chat.conversation import Conversation
-from edge_chat.chat.params import make_params
+from edge_chat.params import make_params
 from edge_chat.chat.tools import parse_tools
 from edge_chat.engines import EngineOptions
 from edge_chat.errors import EdgeChatError
 from edge_chat.runtime import open_chat
-from tests.test_server_tools import HERMES, SCHEMAS, TOOLS
-from tests.tiny_model import TRAINED_QA
+from tests.support.tiny_model import TRAINED_QA
+from tests.support.tools_data import HERMES, SCHEMAS, TOOLS
 
 GREEDY = make_params(temperature=0, max_tokens=80)
 FRANCE = TRAINED_QA[0]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_server_helpers import PY, REPO, edge_env
+from tests.support.server import PY, REPO, edge_env
 
 CONVERT = ["convert", "--to", "gguf", "--quant", "q4_k_m", "--no-eval"]
 

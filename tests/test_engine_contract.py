@@ -3,7 +3,7 @@ on the tiny trained model gives the trained answers and honours every knob."""
 
 import pytest
 
-from edge_chat.chat.params import make_params
+from edge_chat.params import make_params
 from edge_chat.engines import EngineOptions
 from edge_chat.errors import ContextLengthExceeded
 from edge_chat.runtime import open_chat

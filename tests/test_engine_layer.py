@@ -5,7 +5,7 @@ special=False, the shared prompt check, and the eval/trim steps speculation uses
 import numpy as np
 import pytest
 
-from edge_chat.chat.params import make_params
+from edge_chat.params import make_params
 from edge_chat.engines import load_engine
 from edge_chat.engines.base import Capabilities, Engine, Token
 from edge_chat.errors import ContextLengthExceeded, EdgeChatError

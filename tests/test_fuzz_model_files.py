@@ -22,10 +22,10 @@ import pytest
 
 from edge_chat.engines import EngineOptions, load_engine
 from edge_chat.errors import EdgeChatError
-from edge_chat.store import describe
-from tests.gguf_mutate import (control_key_gguf, fields, flip_bits, nested_array_gguf,
-                               odd_values, set_field)
-from tests.test_server_helpers import FAST, PY, REPO, Server, edge_env, make_store
+from edge_chat.store.paths import describe
+from tests.support.gguf_mutate import (control_key_gguf, fields, flip_bits,
+                                       nested_array_gguf, odd_values, set_field)
+from tests.support.server import FAST, PY, REPO, Server, edge_env, make_store
 
 OPTS = EngineOptions(n_ctx=256, threads=1)
 #: fields whose odd values are known to reach llama.cpp's asserts (always in the sample)
@@ -113,7 +113,7 @@ def try_in_process(path: Path) -> str:
     except EdgeChatError as e:
         return one_line(e)
     try:
-        from edge_chat.chat.params import make_params
+        from edge_chat.params import make_params
         gen = engine.generate(engine.tokenize("Hi") or [1], make_params(temperature=0))
         next(gen, None)
         gen.close()

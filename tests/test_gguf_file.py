@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_chat.engines.gguf_file import (DEFAULT_GPU_RESERVE, GGML_TYPES, GGUFArray, GGUFFile,
-                                         GGUFTensor, fit_gpu_layers, parse_size, read_gguf)
+from edge_chat.store.gguf_file import GGML_TYPES, GGUFArray, GGUFFile, GGUFTensor, read_gguf
+from edge_chat.engines.gguf.gpu_budget import DEFAULT_GPU_RESERVE, fit_gpu_layers
+from edge_chat.system import parse_size
 from edge_chat.errors import EdgeChatError, ModelLoadError
-from tests.test_convert_gguf import CHAT_TEMPLATE, VOCAB, make_tiny_llama
+from tests.support.random_llama import CHAT_TEMPLATE, VOCAB, make_tiny_llama
 
 MiB = 1024 ** 2
 # the tiny Llama: hidden 256, ffn 512, 2 layers, 4 heads, 2 KV heads (head dim 64)

@@ -1,5 +1,5 @@
 """`edge_chat pull` and the first run, through the real huggingface_hub client against a
-stand-in hub on 127.0.0.1 (tests/hub_standin.py) serving repos made from the tiny model:
+stand-in hub on 127.0.0.1 (tests/support/hub_standin.py) serving repos made from the tiny model:
 GGUF by quant, by file, split; ONNX in edge_chat's and onnxruntime-genai's layouts;
 safetensors converted; resume, corruption, bad repos; then chat with what was pulled."""
 
@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pexpect
 
-from edge_chat.hub import DEFAULT_MODEL
-from tests.fixtures_hub import (folder_files, genai_folder, hub, hub_env,  # noqa: F401
-                                run_cli, split_gguf)
+from edge_chat.store.paths import DEFAULT_MODEL
+from tests.support.hub_repos import folder_files, genai_folder, run_cli, split_gguf
 
 
 def store_of(env) -> Path:
@@ -351,7 +350,7 @@ def test_default_store_and_the_empty_store_hint(tmp_path, tiny_gguf):
 def test_serve_pulls_a_hub_id_with_yes(hub, hub_env, tiny_gguf, tiny_qa, tmp_path, monkeypatch):
     from openai import OpenAI
 
-    from tests.test_server_helpers import FAST, Server
+    from tests.support.server import FAST, Server
     hub.add("org/Tiny-GGUF", {"Tiny-Q8_0.gguf": tiny_gguf["q8_0"]})
     for k in ("HF_ENDPOINT", "HF_HOME"):
         monkeypatch.setenv(k, hub_env[k])

@@ -1,4 +1,4 @@
-"""ONNX export/quantization (edge_chat.convert.onnx), the ONNX engine and the sampler."""
+"""ONNX export/quantization (edge_chat.convert.to_onnx), the ONNX engine and the sampler."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_chat.chat.params import make_params
-from edge_chat.convert import onnx as conv
-from edge_chat.engines.onnx import OnnxEngine
-from edge_chat.engines.onnx_providers import select_providers
-from edge_chat.engines.onnx_vocab import TokenBytes
+from edge_chat.params import make_params
+from edge_chat.convert import to_onnx as conv
+from edge_chat.engines.onnx.engine import OnnxEngine
+from edge_chat.engines.onnx.providers import select_providers
+from edge_chat.engines.onnx.vocab import TokenBytes
 from edge_chat.engines.sampler import Sampler
 from edge_chat.errors import (
     ContextLengthExceeded,
@@ -253,8 +253,8 @@ def test_context_window_and_cancel(tiny_onnx, engines):
 def test_engine_imports_neither_torch_nor_transformers(tiny_onnx):
     code = (
         "import sys\nfrom pathlib import Path\n"
-        "from edge_chat.engines.onnx import OnnxEngine\n"
-        "from edge_chat.chat.params import make_params\n"
+        "from edge_chat.engines.onnx.engine import OnnxEngine\n"
+        "from edge_chat.params import make_params\n"
         f"e = OnnxEngine(Path({str(tiny_onnx['int4'])!r}))\n"
         "ids = e.tokenize('<|im_start|>user\\nSay hello.<|im_end|>\\n<|im_start|>assistant\\n')\n"
         "print(e.detokenize([t.id for t in e.generate(ids, make_params(temperature=0))]))\n"

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from edge_chat.engines.base import default_n_ctx
-from edge_chat.engines.gguf import gpu_layers_for
-from edge_chat.engines.gguf_file import read_gguf
+from edge_chat.engines.gguf.engine import gpu_layers_for
+from edge_chat.store.gguf_file import read_gguf
 from edge_chat.errors import EdgeChatError
 from edge_chat.runtime import open_chat
 
@@ -30,7 +30,7 @@ def test_rendered_prompt_and_ids_equal_transformers(tiny_hf, tiny_gguf, tiny_qa)
 
 
 def m_params():
-    from edge_chat.chat.params import make_params
+    from edge_chat.params import make_params
     return make_params(temperature=0)
 
 

@@ -13,7 +13,7 @@ import json
 import jsonschema
 import pytest
 
-from tests.test_server_helpers import Server, make_store
+from tests.support.server import Server, make_store
 
 pytestmark = pytest.mark.real_model
 
@@ -125,7 +125,7 @@ def test_openai_tool_round_trip(client, served):
 def test_openai_logprobs(client, served):
     import numpy as np
 
-    from edge_chat.chat.params import make_params
+    from edge_chat.params import make_params
     from edge_chat.engines import EngineOptions
     from edge_chat.runtime import open_chat
     q = [{"role": "user", "content": "What is the capital of France?"}]
@@ -151,9 +151,12 @@ def test_openai_logprobs(client, served):
     finally:
         m.engine.close()
     served_lp = np.array([t.logprob for t in content])
-    assert np.abs(served_lp - [t.logprob for t in toks]).max() < 1e-6
+    # the first token comes from the prompt's last position, evaluated alone on both
+    # sides: the same numbers. Later ones may come from a draft verified in a batch step
+    # (serve drafts inside its batch, as timing allows), rounded as such a batch rounds
     assert [a.logprob for a in content[0].top_logprobs] == \
         pytest.approx([lp for _, lp in toks[0].top_logprobs], abs=1e-6)
+    assert np.abs(served_lp - [t.logprob for t in toks]).max() < 5e-2
     assert np.abs(served_lp - scored).max() < 5e-2
 
 
@@ -231,7 +234,7 @@ def test_history_renders_like_transformers(real_qwen_gguf, real_qwen_hf):
 
     from edge_chat.chat.messages import normalize_messages
     from edge_chat.chat.template import ChatTemplate
-    from edge_chat.engines.gguf_file import read_gguf
+    from edge_chat.store.gguf_file import read_gguf
 
     def history(arguments):
         return PARIS + [

@@ -3,7 +3,7 @@ the GGUF and ONNX results answer as transformers does on the folder."""
 
 import pytest
 
-from edge_chat.chat.params import make_params
+from edge_chat.params import make_params
 from edge_chat.runtime import open_chat
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
@@ -95,7 +95,7 @@ def test_onnx_quantized_answers(real_qwen_converted, quant):
 
 
 def test_onnx_int4_size_near_gguf_q4_k_m(real_qwen_converted, real_qwen_gguf):
-    from edge_chat.store import path_size
+    from edge_chat.store.paths import path_size
     onnx = path_size(real_qwen_converted.get("onnx", "int4"))
     gguf = real_qwen_gguf.stat().st_size
     assert onnx <= 1.2 * gguf, f"int4 ONNX is {onnx / gguf:.2f}× the Q4_K_M GGUF"

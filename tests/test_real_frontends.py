@@ -10,9 +10,9 @@ import openai
 import pytest
 
 from edge_chat.ui.handlers import Conversation
-from tests.fixtures_real import GEMMA_GGUF, QWEN_GGUF, find_real_models
-from tests.test_server_helpers import FAST, Server, make_store
-from tests.test_ui import GREEDY, ask, make_ui
+from tests.support.real_models import GEMMA_GGUF, QWEN_GGUF, find_real_models
+from tests.support.server import FAST, Server, make_store
+from tests.support.ui import GREEDY, ask, make_ui
 
 pytestmark = pytest.mark.real_model
 QWEN, GEMMA = "qwen", "gemma"

@@ -9,7 +9,7 @@ import sys
 import pexpect
 import pytest
 
-from edge_chat.chat.params import make_params
+from edge_chat.params import make_params
 from edge_chat.runtime import open_chat
 
 pytestmark = pytest.mark.real_model

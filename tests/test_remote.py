@@ -9,11 +9,11 @@ import threading
 
 import pytest
 
-from edge_chat.chat.params import chat_params, make_params
-from edge_chat.engines.remote import RemoteChat
+from edge_chat.params import chat_params, make_params
+from edge_chat.chat.remote import RemoteChat
 from edge_chat.errors import EdgeChatError
-from edge_chat.repl import ChatSession
-from tests.test_server_helpers import (
+from edge_chat.cli.repl import ChatSession
+from tests.support.server import (
     FAST,
     PY,
     REPO,
@@ -22,7 +22,7 @@ from tests.test_server_helpers import (
     make_store,
     no_eog,
 )
-from tests.tiny_model import TRAINED_QA
+from tests.support.tiny_model import TRAINED_QA
 
 KEY = "sk-remote-test"
 GGUF = "tiny-q8_0"

@@ -72,7 +72,7 @@ def test_multiline_input(repl, tiny_qa):
 
 @pytest.fixture(scope="module")
 def eog_ids(tiny_gguf):
-    from edge_chat.engines.gguf import GGUFEngine
+    from edge_chat.engines.gguf.engine import GGUFEngine
     e = GGUFEngine(tiny_gguf["f16"], n_ctx=64)
     try:
         return [t for t in range(e.n_vocab) if e.is_eog(t)]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 from schemathesis.checks import response_schema_conformance  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402
 
-from tests.test_server_helpers import FAST, Server, make_store  # noqa: E402
+from tests.support.server import FAST, Server, make_store  # noqa: E402
 
 SPEC = Path(__file__).parent / "data" / "openai-routes.json"
 MODEL = "tiny"

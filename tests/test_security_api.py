@@ -13,9 +13,8 @@ import httpx
 import openai
 import pytest
 
-from tests.test_server_errors import error_of
-from tests.test_server_helpers import FAST, Server, make_store, no_eog, sse_events
-from tests.tiny_model import TRAINED_QA
+from tests.support.server import FAST, Server, error_of, make_store, no_eog, sse_events
+from tests.support.tiny_model import TRAINED_QA
 
 GGUF = "tiny-q8_0"
 MSGS = TRAINED_QA[0].messages

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.gguf_mutate import fields, nested_array_gguf, set_field
-from tests.test_server_helpers import FAST, PY, REPO, edge_env, make_store
+from tests.support.gguf_mutate import fields, nested_array_gguf, set_field
+from tests.support.server import FAST, PY, REPO, edge_env, make_store
 
 
 @pytest.fixture()
@@ -78,7 +78,7 @@ def test_a_file_that_crashes_llama_cpp_costs_one_line(env, tiny_gguf, tmp_path):
 
 
 def test_control_bytes_in_a_key_are_escaped(env, tiny_gguf, tmp_path):
-    from tests.gguf_mutate import control_key_gguf
+    from tests.support.gguf_mutate import control_key_gguf
     data = Path(tiny_gguf["q8_0"]).read_bytes()
     p = tmp_path / "ctl.gguf"
     p.write_bytes(control_key_gguf(data))

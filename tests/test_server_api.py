@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
-from tests.test_server_helpers import FAST, Server, chatml, make_store
-from tests.tiny_model import TRAINED_QA
+from tests.support.server import FAST, Server, chatml, make_store
+from tests.support.tiny_model import TRAINED_QA
 
 FRANCE = TRAINED_QA[0]
 GGUF = "tiny-q8_0"

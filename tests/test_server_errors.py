@@ -7,8 +7,8 @@ import httpx
 import openai
 import pytest
 
-from tests.test_server_helpers import FAST, Server, make_store, no_eog
-from tests.tiny_model import TRAINED_QA
+from tests.support.server import FAST, Server, error_of, make_store, no_eog
+from tests.support.tiny_model import TRAINED_QA
 
 KEY = "sk-test-secret"
 GGUF = "tiny-q8_0"
@@ -33,15 +33,6 @@ def http(server):
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"},
                       timeout=60) as c:
         yield c
-
-
-def error_of(r: httpx.Response, status: int) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/json")
-    body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    return body["error"]
 
 
 def chat(http, **body):
@@ -216,7 +207,7 @@ def test_queue_full_is_503_with_retry_after(http, server, tiny_gguf):
 def test_serve_refuses_bad_options_before_binding(tmp_path, args, needle):
     import subprocess
 
-    from tests.test_server_helpers import PY, REPO, edge_env
+    from tests.support.server import PY, REPO, edge_env
     r = subprocess.run([PY, "-m", "edge_chat", "serve", *args, "--port", "9"], cwd=REPO,
                        env=edge_env(tmp_path), capture_output=True, text=True, timeout=60,
                        check=False)

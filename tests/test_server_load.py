@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.test_server_helpers import FAST, Server, make_store, no_eog
-from tests.tiny_model import TRAINED_QA
+from tests.support.server import FAST, Server, make_store, no_eog
+from tests.support.tiny_model import TRAINED_QA
 
 GGUF = "tiny-q8_0"
 LONG = 4000      # tokens; the window is 4096

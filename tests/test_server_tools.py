@@ -14,41 +14,13 @@ import jsonschema
 import openai
 import pytest
 
-from tests.test_server_helpers import FAST, Server, make_store, no_eog, sse_events
-from tests.tiny_model import TRAINED_QA
+from tests.support.server import FAST, Server, make_store, no_eog, sse_events
+from tests.support.tiny_model import TRAINED_QA
+from tests.support.tools_data import HERMES, SCHEMAS, TOOLS
 
 GGUF, ONNX = "tiny-q8_0", "tiny-onnx-int8"
 MODELS = (GGUF, ONNX)
 FRANCE = TRAINED_QA[0]
-
-#: a Hermes-style template for the tiny ChatML model (tools in the system turn,
-#: calls written as <tool_call>{...}</tool_call>, results as tool turns)
-HERMES = """{%- if tools %}<|im_start|>system
-You may call these functions:
-{% for t in tools %}{{ t | tojson }}
-{% endfor %}Write a call as <tool_call>{"name": NAME, "arguments": {...}}</tool_call><|im_end|>
-{% endif %}
-{%- for m in messages %}<|im_start|>{{ m.role }}
-{{ m.content }}
-{%- for c in m.tool_calls or [] %}<tool_call>
-{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}
-</tool_call>{% endfor %}<|im_end|>
-{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant
-{% endif %}"""
-
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather in a city",
-    "parameters": {"type": "object", "properties": {
-        "city": {"type": "string", "maxLength": 20},
-        "unit": {"type": "string", "enum": ["c", "f"]}}, "required": ["city", "unit"],
-        "additionalProperties": False}}}
-ADD = {"type": "function", "function": {
-    "name": "add", "parameters": {"type": "object", "properties": {
-        "a": {"type": "integer", "minimum": 0, "maximum": 999},
-        "b": {"type": "integer", "minimum": -9, "maximum": 9}}, "required": ["a", "b"],
-        "additionalProperties": False}}}
-TOOLS = [WEATHER, ADD]
-SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +208,7 @@ def test_completion_logprobs_range(server):
 def test_api_logprobs_equal_an_independent_scoring(client, model, tiny_gguf, tiny_onnx, tmp_path):
     """The server's logprobs for a greedy answer = the engine's `logprobs()` scoring
     of prompt + answer tokens, computed here in another process (within 1e-3)."""
-    from edge_chat.chat.params import make_params
+    from edge_chat.params import make_params
     from edge_chat.engines import EngineOptions
     from edge_chat.runtime import open_chat
     r = ask(client, model, logprobs=True, top_logprobs=1, max_tokens=24)

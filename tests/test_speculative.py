@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from edge_chat.chat.params import make_params
+from edge_chat.params import make_params
 from edge_chat.engines import EngineOptions, load_engine
 from edge_chat.errors import EdgeChatError
 from edge_chat.runtime import open_chat
@@ -303,7 +303,7 @@ def test_predicted_outputs_through_the_api(tiny_gguf, tiny_onnx, tiny_qa, tmp_pa
     the same answer, accepted/rejected prediction tokens in usage; a bad shape is a 400."""
     import openai
 
-    from tests.test_server_helpers import FAST, Server, make_store
+    from tests.support.server import FAST, Server, make_store
     store = make_store(tmp_path / "store", {"tiny.gguf": tiny_gguf["f16"],
                                             "tiny-onnx": tiny_onnx["int8"]})
     server = Server(store, *FAST, "--parallel", "1", log=tmp_path / "server.log")

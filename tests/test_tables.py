@@ -10,7 +10,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from edge_chat.bench import table as bench_table
+from edge_chat.bench.measure import table as bench_table
 from edge_chat.tables import print_table
 
 HEADERS = ["model", "format", "load s", "peak RSS", "1st-token ms (128)",

@@ -6,8 +6,8 @@ from __future__ import annotations
 import llama_cpp  # a core dependency: fail loudly if missing, never skip
 import pytest
 
-from tests.tiny_model import (IM_END, IM_START, TRAINED_QA, hf_greedy, prompt_ids,
-                              torch_threads)
+from tests.support.tiny_model import (IM_END, IM_START, TRAINED_QA, hf_greedy,
+                                      prompt_ids, torch_threads)
 
 
 PLAIN_TEXTS = [

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from edge_chat.chat.grammar import check_response_format, tools_grammar
+from edge_chat.chat.structured import check_response_format, tools_grammar
 from edge_chat.chat.messages import normalize_messages
 from edge_chat.chat.template import BUILTIN, ChatTemplate
 from edge_chat.chat.tool_parse import ToolParser, json_end, parse_calls

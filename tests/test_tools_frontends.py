@@ -12,15 +12,15 @@ import subprocess
 import jsonschema
 import pytest
 
-from edge_chat.chat.params import make_params
+from edge_chat.params import make_params
 from edge_chat.chat.tools import parse_tools
 from edge_chat.engines import EngineOptions
-from edge_chat.engines.remote import RemoteChat
-from edge_chat.repl import ChatSession
+from edge_chat.chat.remote import RemoteChat
+from edge_chat.cli.repl import ChatSession
 from edge_chat.runtime import open_chat
-from tests.test_server_helpers import FAST, PY, REPO, Server, edge_env, make_store
-from tests.test_server_tools import ADD, HERMES, SCHEMAS, TOOLS
-from tests.tiny_model import TRAINED_QA
+from tests.support.server import FAST, PY, REPO, Server, edge_env, make_store
+from tests.support.tiny_model import TRAINED_QA
+from tests.support.tools_data import ADD, HERMES, SCHEMAS, TOOLS
 
 FRANCE = TRAINED_QA[0]
 GREEDY = make_params(temperature=0, max_tokens=80)

@@ -10,12 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from edge_chat.chat.messages import load_messages
-from edge_chat.engines import EngineOptions
-from edge_chat.ui.app import parse_auth
-from edge_chat.ui.handlers import ChatUI, Conversation, ModelHolder
-from tests.tiny_model import TRAINED_QA
+from edge_chat.ui.page import parse_auth
+from edge_chat.ui.handlers import Conversation
+from tests.support.tiny_model import TRAINED_QA
+from tests.support.ui import GREEDY, ask, make_ui
 
-GREEDY = (0.0, 1.0, 0, -1)        # temperature, top_p, max_tokens (0: unset), seed (-1: random)
 FRANCE = TRAINED_QA[0]
 
 
@@ -31,13 +30,6 @@ def store(tmp_path, tiny_gguf, monkeypatch) -> Path:
     return root
 
 
-def make_ui(tmp_path: Path, model: str | None = "tiny-f16", **opts) -> ChatUI:
-    holder = ModelHolder(EngineOptions(threads=1, **opts))
-    if model:
-        assert holder.load(model).startswith("model **")
-    return ChatUI(holder, tmp_path / "exports")
-
-
 @pytest.fixture
 def ui(store, tmp_path):
     ui = make_ui(tmp_path)
@@ -50,16 +42,6 @@ def split(messages: list[dict]) -> tuple[str, list[dict], str]:
     system = next((m["content"] for m in messages if m["role"] == "system"), "")
     rest = [dict(m) for m in messages if m["role"] != "system"]
     return system, rest[:-1], rest[-1]["content"]
-
-
-def ask(ui: ChatUI, conv: Conversation, text: str, system: str = "", settings=GREEDY):
-    """Run one send; returns (conv, every status, the answer text at each yield)."""
-    statuses, texts = [], []
-    for now, status in ui.send(conv, text, system, *settings):
-        statuses.append(status)
-        last = now.messages[-1]
-        texts.append(last["content"] if last["role"] == "assistant" else None)
-    return now, statuses, texts
 
 
 @pytest.mark.parametrize("qa", TRAINED_QA, ids=lambda qa: qa.answer[:24])
@@ -217,7 +199,7 @@ def test_cli_ui_rejects_bad_input_before_serving(store):
 
 
 def test_page_builds_offline(ui):
-    from edge_chat.ui.app import build_page, theme
+    from edge_chat.ui.page import build_page, theme
     page = build_page(ui)
     ids = {getattr(b, "elem_id", None) for b in page.blocks.values()}
     assert {"model", "chat", "msg", "send", "stop", "retry", "clear", "export-json",

@@ -26,7 +26,7 @@ sync_api = pytest.importorskip("playwright.sync_api",
                                reason="playwright not installed (pip install playwright)")
 expect = sync_api.expect
 
-from tests.fixtures_real import QWEN_GGUF, find_real_models  # noqa: E402  after the skips
+from tests.support.real_models import QWEN_GGUF, find_real_models  # noqa: E402  after the skips
 
 pytestmark = pytest.mark.browser
 

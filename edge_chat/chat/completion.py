@@ -10,12 +10,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from edge_chat.chat.context import check_prompt_bytes, fit_messages
-from edge_chat.chat.grammar import Grammar, response_format_grammar, tools_grammar
+from edge_chat.chat.structured import Grammar, response_format_grammar, tools_grammar
 from edge_chat.chat.messages import normalize_messages
-from edge_chat.chat.params import SamplingParams
+from edge_chat.params import SamplingParams
 from edge_chat.chat.roles import RoleSeparator
 from edge_chat.chat.stops import StopMatcher
 from edge_chat.chat.template import ChatTemplate
@@ -26,7 +26,7 @@ from edge_chat.errors import ContextLengthExceeded, EdgeChatError
 log = logging.getLogger("edge_chat.tools")
 
 if TYPE_CHECKING:
-    from edge_chat.engines.base import Engine, LogitsProcessor, Token
+    from edge_chat.engines.base import Engine, LogitsProcessor, ModelInfo, Token
 
 
 @dataclass
@@ -119,8 +119,40 @@ class Completion:
     stats: list[Stats] = field(default_factory=list)
 
 
+@runtime_checkable
+class ChatModelLike(Protocol):
+    """What every front-end (the REPL, the page, `Conversation`, the server) needs of a
+    chat model. `ChatModel` (a local engine) and `chat.remote.RemoteChat` (a model on
+    another OpenAI-compatible server) both provide it."""
+    info: "ModelInfo"
+    template: ChatTemplate | None
+    #: the token-level side; front-ends only close() it
+    engine: "Engine"
+
+    @property
+    def n_ctx(self) -> int: ...
+
+    def prepare(self, messages: list, params: SamplingParams,
+                tools: "list | ToolSpec | None" = None, policy: str | None = None) -> Prompt:
+        """The messages validated and fitted to the window (the prompt to stream)."""
+
+    def grammar(self, tools: "list | ToolSpec | None", response_format: dict | None
+                ) -> Grammar | None:
+        """The grammar that `tools` / `response_format` force, or None."""
+
+    def stream(self, messages: list, params: SamplingParams, tools: "list | ToolSpec | None" = None,
+               policy: str | None = None, prompt: Prompt | None = None,
+               response_format: dict | None = None, logprobs: int | None = None
+               ) -> Iterator[Event]:
+        """Events: deltas as they come, then one finishing Event per choice, the last
+        with `usage`."""
+
+    def cancel(self) -> None:
+        """Stop a running stream after its current token (thread-safe)."""
+
+
 class ChatModel:
-    """One engine plus its chat template and context policy."""
+    """One engine plus its chat template and context policy (a `ChatModelLike`)."""
 
     def __init__(self, engine: "Engine", template: ChatTemplate | None = None, *,
                  context_policy: str = "truncate", allow_special: bool = False,

@@ -14,8 +14,8 @@ from edge_chat.chat.messages import load_messages, save_messages
 from edge_chat.errors import EdgeChatError
 
 if TYPE_CHECKING:
-    from edge_chat.chat.completion import ChatModel, Event, Stats
-    from edge_chat.chat.params import SamplingParams
+    from edge_chat.chat.completion import ChatModelLike, Event, Stats
+    from edge_chat.params import SamplingParams
     from edge_chat.chat.tools import ToolSpec
 
 #: the keys of an OpenAI message; front-ends may keep their own keys beside them
@@ -89,7 +89,7 @@ class Conversation:
         self.system, self.messages = (system if system and system.strip() else None), msgs
 
     # -- answers --------------------------------------------------------------
-    def answer(self, model: ChatModel, params: SamplingParams,
+    def answer(self, model: ChatModelLike, params: SamplingParams,
                tools: list | ToolSpec | None = None, response_format: dict | None = None
                ) -> Iterator[Event]:
         """Start an answer to the messages: the prompt is prepared here (errors are
@@ -109,7 +109,7 @@ class Conversation:
                               response_format=response_format)
         return self._grow(reply, events)
 
-    def retry(self, model: ChatModel, params: SamplingParams,
+    def retry(self, model: ChatModelLike, params: SamplingParams,
               tools: list | ToolSpec | None = None, response_format: dict | None = None
               ) -> Iterator[Event] | None:
         """Drop the last answer and answer again (as `answer`); None when no user

@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from edge_chat.atomic import atomic_path, remove, write_json_atomic  # noqa: F401 (re-exported)
 from edge_chat.errors import ConvertError
-from edge_chat.store import path_size  # noqa: F401 (re-exported)
+from edge_chat.store.paths import path_size
 
 #: progress callback: (stage description, fraction 0..1 or None)
 Progress = Callable[[str, "float | None"], None]
@@ -80,7 +79,7 @@ def resolve_source(src: str) -> Path:
 def model_basename(folder: Path) -> str:
     """The store name of a source folder; for a hub download
     (`.../models--org--name/snapshots/<commit>`) the repository's name."""
-    from edge_chat.store import slug
+    from edge_chat.store.paths import slug
     folder = folder.resolve()
     if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
         return slug(folder.parent.parent.name.split("--")[-1])

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from edge_chat.errors import EdgeChatError, ModelLoadError, ModelNotFound
-from edge_chat.store import has_gguf_magic, model_kind
+from edge_chat.store.paths import has_gguf_magic, model_kind
 
 
 def _opt(default, flags: str, help: str, cli_type: type | None = None):
@@ -26,7 +26,7 @@ MAX_PARALLEL = 256
 class EngineOptions:
     """Load options every front-end passes through unchanged. Each field declares
     its command-line flag: the CLI generates the same options for every command
-    that loads a model (cli_common.engine_options)."""
+    that loads a model (cli.app.engine_options)."""
     n_ctx: int | None = _opt(None, "--ctx-size/-c", "Context window (default: min(trained, "
                              "4096)).", Optional[int])
     threads: int | None = _opt(None, "--threads/-t", "CPU threads (default: physical cores).",
@@ -43,6 +43,13 @@ class EngineOptions:
     draft: str | None = _opt(None, "--draft", "A small draft model with the same vocabulary "
                              "(GGUF file, ONNX folder or store name) for speculative decoding.",
                              Optional[str])
+    cache_ram: str = _opt("auto", "--cache-ram", "Prompt cache in RAM: a size (e.g. 2GB), "
+                          "auto (an eighth of the memory, at most 2 GB) or 0 for none.")
+    cache_disk: str = _opt("auto", "--cache-disk", "Prompt cache on disk: a size, auto (a "
+                           "quarter of the free space, at most 8 GB) or 0 for RAM only.")
+    cache_dir: str | None = _opt(None, "--cache-dir", "Prompt cache folder (default: "
+                                 "$EDGE_CHAT_CACHE/prompts, else ~/.cache/edge_chat/prompts).",
+                                 Optional[str])
     #: sequences decoded together (continuous batching, batch.py); set by `serve
     #: --parallel`, so no generic flag
     parallel: int = 1
@@ -67,10 +74,12 @@ def load_engine(path: Path, options: EngineOptions | None = None, *, probe: bool
     if o.speculative == "draft" and not o.draft:
         raise EdgeChatError("--speculative draft needs --draft MODEL", param="draft")
     check_parallel(o.parallel)
+    from edge_chat.engines.prompt_cache import check_budgets
+    check_budgets(o.cache_ram, o.cache_disk)
     engine = _load(Path(path), o, probe)
-    if engine.capabilities.slots > 1:
-        return engine       # batching: no speculative decoding (batch.py)
     engine.speculative = o.speculative
+    if engine.capabilities.slots > 1:
+        return engine       # batching drafts lookups and predictions, not a draft model
     if o.draft and o.speculative in ("auto", "draft"):
         try:
             draft = _load(Path(o.draft).expanduser(), o, probe)
@@ -114,22 +123,29 @@ def _load(path: Path, o: EngineOptions, probe: bool):
         raise ModelNotFound(f"model not found: {path}")
     kind = model_kind(path) or ("gguf" if path.is_file() and has_gguf_magic(path) else None)
     if kind == "gguf":
-        from edge_chat.engines.gguf_check import check_gguf
-        from edge_chat.engines.gguf_file import read_gguf
+        from edge_chat.store.gguf_check import check_gguf
+        from edge_chat.store.gguf_file import read_gguf
         check_gguf(read_gguf(path))
     if kind is not None and probe:
         from edge_chat.engines.probe import ensure_loadable
-        from edge_chat.store import model_name
+        from edge_chat.store.paths import model_name
         ensure_loadable(path, model_name(path), o)
     if kind == "gguf":
-        from edge_chat.engines.gguf import GGUFEngine
+        from edge_chat.engines.gguf.engine import GGUFEngine
         engine = GGUFEngine(path, n_ctx=o.n_ctx, threads=o.threads, gpu_layers=o.gpu_layers,
                             vram=o.vram, kv_type=o.kv_type, mmap=o.mmap, n_seq=o.parallel)
     elif kind == "onnx":
-        from edge_chat.engines.onnx import OnnxEngine
+        from edge_chat.engines.onnx.engine import OnnxEngine
         engine = OnnxEngine(path, n_ctx=o.n_ctx, threads=o.threads, provider=o.provider,
                             n_seq=o.parallel)
     if kind is not None:
+        from edge_chat.engines.prompt_cache import open_prompt_cache
+        try:
+            engine.prompt_cache = open_prompt_cache(engine, o.cache_ram, o.cache_disk,
+                                                    o.cache_dir)
+        except EdgeChatError:
+            engine.close()
+            raise
         if engine.n_seq == 1:       # one sequence asked for, or an engine that cannot batch
             return engine
         from edge_chat.engines.batch import BatchEngine

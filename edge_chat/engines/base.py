@@ -1,4 +1,5 @@
-"""The Engine protocol: what the chat core needs of a backend, at token level.
+"""The engine contracts, at token level: `Engine` (what the chat core needs of a
+backend) and `BatchBackend` (what continuous batching needs of one).
 
 An engine knows tokens and logits; it knows nothing of messages, templates,
 stop strings or max_tokens (the chat core does that)."""
@@ -13,8 +14,9 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from edge_chat.chat.params import SamplingParams
+    from edge_chat.engines.prompt_cache import PromptCache
     from edge_chat.engines.speculative import SpecStats
+    from edge_chat.params import SamplingParams
 
 #: (the tokens generated so far in this answer, the float32 logits row of the next
 #: position) -> modifies the row in place (e.g. -inf on tokens a grammar forbids).
@@ -43,6 +45,8 @@ class Capabilities:
                                         # trims the KV cache (speculative decoding)
     slots: int = 1                      # generations served at once (continuous batching:
                                         # engines/batch.py)
+    prompt_cache: bool = False          # seq_state/load_seq_state: KV of a sequence saved
+                                        # and restored (engines/prompt_cache.py)
 
 
 DEFAULT_MAX_CTX = 4096
@@ -103,6 +107,8 @@ class Engine(Protocol):
     n_prompt_evaluated: int
     #: speculative decoding in the last `generate` call (drafted, accepted, ...)
     speculation: "SpecStats"
+    #: long prompt prefixes shared across requests and restarts (None: off)
+    prompt_cache: "PromptCache | None"
 
     def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
         """Token ids of `text`; special tokens written in the text
@@ -142,3 +148,66 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Free the model."""
+
+
+class TokenSampler(Protocol):
+    def sample(self, row: np.ndarray) -> int:
+        """The next token from a logits row (does not accept it)."""
+
+    def accept(self, token: int) -> None:
+        """Record a generated token (penalties)."""
+
+    def close(self) -> None: ...
+
+
+#: one item of a batched forward pass: (sequence id, its first position, the tokens,
+#: whether the logits row of its last token is wanted)
+BatchItem = tuple[int, int, Sequence[int], bool]
+
+
+@runtime_checkable
+class BatchBackend(Protocol):
+    """What `engines/batch.py` needs of an engine opened with `n_seq` sequences:
+    one forward pass over several sequences, each with its own KV region, and the
+    sampling step of `LocalEngine` (both engines implement it)."""
+    info: ModelInfo
+    capabilities: Capabilities
+    n_vocab: int
+    #: sequences (slots) the engine was opened with
+    n_seq: int
+    #: tokens one `decode_many` call takes at most
+    max_batch_tokens: int
+    #: the prompt cache shared by the sequences (None: off)
+    prompt_cache: "PromptCache | None"
+
+    def decode_many(self, items: Sequence[BatchItem]) -> list[np.ndarray]:
+        """One forward pass over `items`; a copy of the logits row of each item
+        that asks for one, in order."""
+
+    def trim_seq(self, seq: int, n: int) -> int:
+        """Cut sequence `seq` back to its first `n` positions; how many it kept
+        (0 when the engine could only clear it)."""
+
+    def sampler(self, params: "SamplingParams", prompt: Sequence[int]) -> TokenSampler:
+        """A sampler for one request (its seed, penalties, bias)."""
+
+    def pick(self, row: np.ndarray, out: Sequence[int], sampler: TokenSampler,
+             processors: Sequence[LogitsProcessor], logprobs: int | None) -> Token:
+        """The next token from a logits row: raw logprobs, processors, sampler."""
+
+    def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]: ...
+
+    def detokenize(self, tokens: list[int]) -> str: ...
+
+    def token_bytes(self, token: int) -> bytes: ...
+
+    def is_eog(self, token: int) -> bool: ...
+
+    def seq_state(self, seq: int, n: int) -> bytes:
+        """The KV state of sequence `seq`, holding `n` positions (b"": cannot)."""
+
+    def load_seq_state(self, seq: int, state: bytes, n_state: int, keep: int) -> int:
+        """Sequence `seq` from a `seq_state` of `n_state` positions, cut to `keep`;
+        the positions it holds (0: not loaded)."""
+
+    def close(self) -> None: ...

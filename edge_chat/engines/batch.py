@@ -7,7 +7,7 @@ KV buffers) and one scheduler thread. Each step:
   1. requests that were cancelled (or whose iterator was closed) leave, freeing
      their slot; waiting requests join free slots - the slot whose cached tokens
      share the longest prefix with the prompt (the same conversation coming back
-     reuses its cache: `_reuse`), else the least recently used one;
+     reuses its cache: `batch_slots.reuse_of`), else the least recently used one;
   2. one forward pass (`decode_many`) over the next token of every running
      sequence (for a request that just finished its prefill: its last prompt
      token), then each row goes through that request's processors and sampler
@@ -25,7 +25,6 @@ last token in chunks, then one token at a time), in its own KV stream."""
 from __future__ import annotations
 
 import itertools
-import queue
 import threading
 import time
 from collections import deque
@@ -33,14 +32,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from edge_chat.engines.base import LogitsProcessor, Token
-from edge_chat.engines.kv import KVCache, check_prompt
-from edge_chat.engines.speculative import SpecStats
+from edge_chat.engines.base import BatchBackend, LogitsProcessor, Token
+from edge_chat.engines.batch_slots import Request, Slot, fit
+from edge_chat.engines.kv import check_prompt
+from edge_chat.engines.prompt_cache import restore_prefix, save_prefix
+from edge_chat.engines.batch_draft import SeqSpec, StepCost, plan
+from edge_chat.engines.speculative import SpecStats, drafters_for
 from edge_chat.errors import EdgeChatError
 
 if TYPE_CHECKING:
-    from edge_chat.chat.params import SamplingParams
-    from edge_chat.engines.decode import LocalEngine
+    from edge_chat.params import SamplingParams
 
 #: a prefill chunk may cost at most this many decode steps' time (so a running
 #: stream waits at most ~4 steps' time for its next token: the chunk and its own step)
@@ -48,50 +49,29 @@ STALL_STEPS = 3
 #: prefill chunk bounds (tokens) while other sequences decode
 MIN_CHUNK = 16
 FIRST_CHUNK = 64
-#: prompt tokens a slot's cache must save to outweigh an idle sequence inside the
-#: batch (re-prefilling them costs about what an idle sequence costs over one answer)
-LONG_REUSE = 256
 _END = object()
 
 
-class _Request:
-    def __init__(self, prompt: list[int], sampler, processors, logprobs):
-        self.prompt, self.sampler = prompt, sampler
-        self.processors, self.logprobs = processors, logprobs
-        self.out: list[int] = []
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.cancelled = False
-        self.fed = 0                    # prompt tokens in the slot's cache
-        self.pending: int | None = None  # the token the next decode step evaluates
-        self.n_prompt_evaluated = 0
-        self.order = 0                  # when it took its slot
-
-
-class _Slot:
-    def __init__(self, seq: int):
-        self.seq = seq
-        self.kv = KVCache()
-        self.req: _Request | None = None
-        self.used = 0                   # when it last served (least recently used first)
-
-
 class BatchEngine:
-    """The Engine protocol over an engine with `n_seq` > 1 (its `decode_many`,
-    `trim_seq`, `max_batch_tokens`), serving up to that many generations at
-    once. `session()` gives a per-request view whose cancel() stops only its
-    own generations."""
+    """The Engine protocol over a `BatchBackend` (an engine opened with `n_seq` > 1),
+    serving up to `n_seq` generations at once. `session()` gives a per-request view
+    whose cancel() stops only its own generations."""
 
-    def __init__(self, engine: LocalEngine):
+    def __init__(self, engine: BatchBackend):
         self.engine = engine
         self.info = engine.info
         self.n_vocab = engine.n_vocab
-        self.slots = [_Slot(i) for i in range(engine.n_seq)]
+        self.slots = [Slot(i) for i in range(engine.n_seq)]
         self.capabilities = replace(engine.capabilities, eval_many=False, slots=len(self.slots))
         self.n_prompt_evaluated = 0
-        self.speculation = SpecStats()          # speculative decoding is off when batching
+        self.speculation = SpecStats()          # of the last request (sessions: their own)
+        #: speculative decoding per request: "auto" | "lookup" | "off" (a --draft model
+        #: drafts only with --parallel 1)
+        self.speculative = "auto"
+        self._cost = StepCost()                 # a step's seconds by its tokens (drafting)
         self.closed = False
-        self._live: set[_Request] = set()      # the requests being read (cancel() stops them)
-        self._waiting: deque[_Request] = deque()
+        self._live: set[Request] = set()      # the requests being read (cancel() stops them)
+        self._waiting: deque[Request] = deque()
         self._cond = threading.Condition()
         self._clock = itertools.count(1)
         self._t_step = 0.0                      # seconds of a decode step (moving average)
@@ -105,9 +85,22 @@ class BatchEngine:
         self._thread.start()
 
     # -- the Engine protocol ----------------------------------------------------
-    def __getattr__(self, name: str):
-        # tokenize, detokenize, token_bytes, is_eog, ...
-        return getattr(self.engine, name)
+    def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
+        return self.engine.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.engine.detokenize(tokens)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.engine.token_bytes(token)
+
+    def is_eog(self, token: int) -> bool:
+        return self.engine.is_eog(token)
+
+    @property
+    def prompt_cache(self):
+        """The prompt cache every slot shares (None: off)."""
+        return self.engine.prompt_cache
 
     def session(self) -> Session:
         return Session(self)
@@ -115,16 +108,19 @@ class BatchEngine:
     def generate(self, prompt: list[int], params: SamplingParams, *,
                  processors: Sequence[LogitsProcessor] = (), logprobs: int | None = None,
                  prediction: Sequence[int] | None = None, _owner=None) -> Iterator[Token]:
-        """As LocalEngine.generate, decoded in the shared batch (`prediction` is
-        not drafted: speculative decoding is off while batching)."""
+        """As LocalEngine.generate, decoded in the shared batch; the request's drafts
+        (its `prediction`, prompt lookup) are verified in the batch's steps (batch_draft.py)."""
         prompt = [int(t) for t in prompt]
         check_prompt(prompt, params, self.info.n_ctx, self.n_vocab)
         if self.closed:
             raise EdgeChatError(f"the model '{self.info.name}' is closed", status=503)
-        req = _Request(prompt, self.engine.sampler(params, prompt), tuple(processors), logprobs)
+        drafters = drafters_for(self.speculative, prompt, prediction)
+        req = Request(prompt, self.engine.sampler(params, prompt), tuple(processors), logprobs,
+                       SeqSpec(drafters) if drafters else None)
+        (_owner or self).speculation = req.spec.stats if req.spec else SpecStats()
         return self._stream(req, _owner or self)
 
-    def _stream(self, req: _Request, owner) -> Iterator[Token]:
+    def _stream(self, req: Request, owner) -> Iterator[Token]:
         self._live.add(req)
         owner._live.add(req)
         with self._cond:
@@ -147,7 +143,7 @@ class BatchEngine:
             owner._live.discard(req)
             self._drop(req)
 
-    def _drop(self, req: _Request) -> None:
+    def _drop(self, req: Request) -> None:
         """The request leaves at the next step (its slot is freed then)."""
         with self._cond:
             req.cancelled = True
@@ -202,10 +198,14 @@ class BatchEngine:
                 return
             running = [s.seq for s in self.slots if s.req is not None]
             span = (min(running), max(running)) if running else None
-            slot = max(free, key=lambda s: _fit(s, req.prompt, span))
+            slot = max(free, key=lambda s: fit(s, req.prompt, span))
             self._waiting.popleft()
-            keep = self.engine.trim_seq(slot.seq, slot.kv.reusable(req.prompt))
-            slot.kv.trim(keep)
+            own = slot.kv.reusable(req.prompt)
+            keep = restore_prefix(self.engine.prompt_cache, self.engine, slot.seq, slot.kv,
+                                  req.prompt, own)
+            if not keep:                # the cache had nothing better, or its restore failed
+                keep = self.engine.trim_seq(slot.seq, own if keep is None else 0)
+                slot.kv.trim(keep)
             slot.req = req
             req.order = next(self._clock)
             req.fed = keep
@@ -219,20 +219,28 @@ class BatchEngine:
         prefilling = [s for s in running if s.req.pending is None]
         done: list[tuple] = []
         if decoding:
+            drafts = self._drafts(decoding)
+            items = [(s.seq, s.kv.pos, [s.req.pending, *d], 1 + len(d))
+                     for s, d in zip(decoding, drafts)]
             t0 = time.perf_counter()
             try:
-                rows = self.engine.decode_many(
-                    [(s.seq, s.kv.pos, [s.req.pending], True) for s in decoding])
+                rows = self.engine.decode_many(items)
             except Exception as e:  # noqa: BLE001  the requests' error; the scheduler lives on
                 for s in decoding:
                     self._release(s, _as_error(e), reset=True)
                 return
-            self._t_step = _average(self._t_step, time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            self._cost.record(sum(len(it[2]) for it in items), seconds)
+            if not any(drafts):
+                self._t_step = _average(self._t_step, seconds)
             self.steps += 1
-            for s, row in zip(decoding, rows):
+            for s, row, d in zip(decoding, rows, drafts):
                 s.kv.append([s.req.pending])
                 done.append(("decode", s.seq))
-                self._emit(s, row)
+                if d:
+                    self._verify(s, row, d)
+                else:
+                    self._emit(s, row)
         if prefilling:
             prefilling.sort(key=lambda s: s.req.order)      # first come, first prefilled
             limit = self._chunk() if decoding else self.engine.max_batch_tokens
@@ -247,7 +255,7 @@ class BatchEngine:
         fits = int(STALL_STEPS * self._t_step / self._t_token)
         return max(MIN_CHUNK, min(self.engine.max_batch_tokens, fits))
 
-    def _prefill(self, slots: list[_Slot], limit: int) -> list[tuple]:
+    def _prefill(self, slots: list[Slot], limit: int) -> list[tuple]:
         """Evaluate the next `limit` prompt tokens of the slots, in order, in one
         decode_many; ("prefill", seq, n_tokens) for each slot served."""
         items = []
@@ -272,25 +280,70 @@ class BatchEngine:
             req.fed += len(toks)
             if req.fed == len(req.prompt) - 1:
                 req.pending = req.prompt[-1]
+                save_prefix(self.engine.prompt_cache, self.engine, s.seq, req.prompt[:-1])
         return [("prefill", seq, len(toks)) for seq, _pos, toks, _ in items]
 
-    def _emit(self, s: _Slot, row) -> None:
-        """Sample the request's next token from its logits row and hand it over."""
+    def _drafts(self, decoding: list[Slot]) -> list[list[int]]:
+        """Each decoding slot's draft for this step ([] for none): proposed by its
+        request, taken while the batch gains from it (batch_draft.plan)."""
+        # the prompt's last token is evaluated alone, as with one request at a time
+        proposed = [s.req.spec.propose(len(s.req.out), self.info.n_ctx - len(s.kv) - 1)
+                    if s.req.spec is not None and s.req.out else [] for s in decoding]
+        candidates = [(i, s.req.spec, d) for i, (s, d) in enumerate(zip(decoding, proposed)) if d]
+        if not candidates:
+            return proposed
+        taken = plan(self._cost, len(decoding), [(spec, d) for _, spec, d in candidates])
+        keep = {candidates[j][0] for j in taken}
+        return [d if i in keep else [] for i, d in enumerate(proposed)]
+
+    def _emit(self, s: Slot, row, before_put=None) -> bool:
+        """Sample the request's next token from its logits row and hand it over
+        (`before_put(token)` runs just before, so what it records is complete when the
+        reader sees the token); False when the request ended (its slot is released)."""
         req = s.req
         try:
             tok = self.engine.pick(row, req.out, req.sampler, req.processors, req.logprobs)
             req.sampler.accept(tok.id)
         except Exception as e:  # noqa: BLE001  a processor or sampler failed: the request's error
             self._release(s, e)
-            return
+            return False
         req.out.append(tok.id)
+        if req.spec is not None:
+            req.spec.drafters.feed([tok.id])
+        ends = self.engine.is_eog(tok.id) or len(s.kv) >= self.info.n_ctx
+        if before_put is not None:
+            before_put(tok.id, ends)
         req.queue.put(tok)
-        if self.engine.is_eog(tok.id) or len(s.kv) >= self.info.n_ctx:
+        if ends:
             self._release(s)        # a full window: the caller sees no EOG ("length")
-        else:
-            req.pending = tok.id
+            return False
+        req.pending = tok.id
+        return True
 
-    def _release(self, s: _Slot, error: BaseException | None = None,
+    def _verify(self, s: Slot, rows, draft: list[int]) -> None:
+        """The rows of the pending token and its draft: row i samples the token after
+        draft[:i] as plain decoding would (LocalEngine._speculate); the draft is kept
+        while the samples equal it, the first other sample (or the one after a whole
+        draft) is the next pending token, and the rejected tail leaves the cache. The
+        round's statistics are settled before its last token reaches the reader."""
+        req = s.req
+        kept = [0]
+
+        def settle(token: int, ends: bool) -> None:
+            hit = kept[0] < len(draft) and token == draft[kept[0]]
+            kept[0] += hit
+            if ends or not hit:
+                req.spec.settle(len(draft), kept[0], len(req.out))
+
+        for i in range(len(draft) + 1):
+            if req.cancelled or not self._emit(s, rows[i], settle):
+                break
+            if kept[0] == i:                # this sample was not the draft's: round over
+                break
+            s.kv.append([draft[i]])         # evaluated in this pass: now in the cache
+        self.engine.trim_seq(s.seq, len(s.kv))
+
+    def _release(self, s: Slot, error: BaseException | None = None,
                  reset: bool = False) -> None:
         req, s.req = s.req, None
         s.used = next(self._clock)
@@ -299,36 +352,13 @@ class BatchEngine:
         self._finish(req, error)
 
     @staticmethod
-    def _finish(req: _Request, error: BaseException | None = None) -> None:
+    def _finish(req: Request, error: BaseException | None = None) -> None:
         if error is not None:
             req.queue.put(error)
         req.queue.put(_END)
         sampler, req.sampler = req.sampler, None
         if sampler is not None:
             sampler.close()
-
-
-def _fit(slot: _Slot, prompt: Sequence[int], span: tuple[int, int] | None) -> tuple:
-    """How well a free slot suits a prompt (highest best), given the first and last
-    running sequence (None: none runs).
-    A step computes every sequence from the first running one to the last (ONNX: a
-    batch row each; llama.cpp: a KV stream each), so an idle one in between costs every
-    step: while others run, the slot that widens that range least, unless its cache
-    saves at least LONG_REUSE prompt tokens; then the slot whose cache the prompt
-    continues; then the least recently used one."""
-    reuse = _reuse(slot, prompt)
-    wider = max(span[0] - slot.seq, slot.seq - span[1], 0) if span else 0
-    return reuse if reuse >= LONG_REUSE else 0, -wider, reuse, -slot.used
-
-
-def _reuse(slot: _Slot, prompt: Sequence[int]) -> int:
-    """The prompt tokens a slot's cache saves, counted only when the prompt keeps
-    at least half of that cache (the same conversation coming back) or is wholly
-    in it (the same prompt again): a new conversation that merely shares a system
-    prompt takes the least recently used slot rather than evict another
-    conversation's cache."""
-    n = slot.kv.common_prefix(prompt)
-    return n if 2 * n >= len(slot.kv) or n >= len(prompt) - 1 else 0
 
 
 def _as_error(e: Exception) -> EdgeChatError:
@@ -347,12 +377,29 @@ class Session:
 
     def __init__(self, batch: BatchEngine):
         self._batch = batch
-        self._live: set[_Request] = set()
+        self._live: set[Request] = set()
         self.n_prompt_evaluated = 0
         self.speculation = SpecStats()
 
-    def __getattr__(self, name: str):
-        return getattr(self._batch, name)
+    # what a request reads of the engine, besides generate() and cancel()
+    info = property(lambda self: self._batch.info)
+    capabilities = property(lambda self: self._batch.capabilities)
+    n_vocab = property(lambda self: self._batch.n_vocab)
+
+    def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
+        return self._batch.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self._batch.detokenize(tokens)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._batch.token_bytes(token)
+
+    def is_eog(self, token: int) -> bool:
+        return self._batch.is_eog(token)
+
+    def logprobs(self, tokens: list[int]):
+        return self._batch.logprobs(tokens)
 
     def generate(self, prompt: list[int], params: SamplingParams, **kw) -> Iterator[Token]:
         return self._batch.generate(prompt, params, _owner=self, **kw)

@@ -11,27 +11,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_chat.engines.base import Capabilities, LogitsProcessor, ModelInfo, Token, \
+from edge_chat.engines.base import Capabilities, LogitsProcessor, ModelInfo, Token, TokenSampler, \
     log_softmax, token_logprobs
 from edge_chat.engines.kv import KVCache, check_prompt, check_window
+from edge_chat.engines.prompt_cache import PromptCache, restore_prefix, save_prefix
 from edge_chat.engines.speculative import Adaptive, Drafters, SpecStats, clock, drafters_for
 
 if TYPE_CHECKING:
-    from edge_chat.chat.params import SamplingParams
-
-
-class TokenSampler(Protocol):
-    def sample(self, row: np.ndarray) -> int:
-        """The next token from a logits row (does not accept it)."""
-
-    def accept(self, token: int) -> None:
-        """Record a generated token (penalties)."""
-
-    def close(self) -> None: ...
+    from edge_chat.params import SamplingParams
 
 
 class LocalEngine:
@@ -49,6 +40,8 @@ class LocalEngine:
         self.speculative = "auto"
         self.draft_engine: LocalEngine | None = None
         self.speculation = SpecStats()       # of the last generate call
+        #: long prompt prefixes shared across requests, unloads and restarts (None: off)
+        self.prompt_cache: PromptCache | None = None
         self._adaptive = Adaptive()
         self._cancel = threading.Event()
         self._lock = threading.Lock()    # one eval at a time, across generators
@@ -90,12 +83,17 @@ class LocalEngine:
                             lambda: self._cancel.is_set() or gen_id != self._gen_id, drafters)
 
     def prefill(self, prompt: Sequence[int]) -> np.ndarray:
-        """Bring the cache to `prompt` reusing the common prefix; the logits row
-        after it. The last prompt token is always evaluated on its own."""
-        keep = self.trim(self.kv.reusable(prompt))
+        """Bring the cache to `prompt` reusing the common prefix (its own, or a longer
+        one from the prompt cache); the logits row after it. The last prompt token is
+        always evaluated on its own; the prompt before it joins the prompt cache."""
+        own = self.kv.reusable(prompt)
+        keep = restore_prefix(self.prompt_cache, self, 0, self.kv, prompt, own)
+        if keep is None:
+            keep = self.trim(own)
         self.n_prompt_evaluated = len(prompt) - keep
         if keep < len(prompt) - 1:
             self.eval(prompt[keep:-1])
+            save_prefix(self.prompt_cache, self, 0, prompt[:-1])
         return self.eval(prompt[-1:])
 
     def pick(self, row: np.ndarray, out: Sequence[int], sampler: TokenSampler,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from edge_chat.errors import ContextLengthExceeded, EdgeChatError
 
 if TYPE_CHECKING:
-    from edge_chat.chat.params import SamplingParams
+    from edge_chat.params import SamplingParams
 
 
 class KVCache:

@@ -33,13 +33,14 @@ _verdicts: dict[str, str] = {}
 
 
 def cache_file() -> Path:
-    from edge_chat.store import cache_dir
+    from edge_chat.system import cache_dir
     return cache_dir() / "probed.json"
 
 
 #: load options that do not change whether the model itself loads (a draft model
 #: is probed on its own load)
-_NOT_PROBED = ("threads", "speculative", "draft", "parallel")
+_NOT_PROBED = ("threads", "speculative", "draft", "parallel", "cache_ram", "cache_disk",
+               "cache_dir")
 
 
 def _key(path: Path, options) -> str | None:
@@ -107,7 +108,8 @@ def _run_probe(path: Path, options) -> tuple[str | None, bool]:
     clean error (exit CLEAN_ERROR) that the load in this process reports itself."""
     import edge_chat
     from edge_chat.system import die_with_parent
-    opts = dict(asdict(options), threads=1, speculative="off", draft=None, parallel=1)
+    opts = dict(asdict(options), threads=1, speculative="off", draft=None, parallel=1,
+                cache_ram="0")
     cmd = [sys.executable, "-m", "edge_chat.engines.probe", str(path), json.dumps(opts)]
     here = str(Path(edge_chat.__file__).resolve().parent.parent)   # this very edge_chat
     env = dict(os.environ, GGML_NO_BACKTRACE="1", PYTHONPATH=os.pathsep.join(
@@ -149,7 +151,7 @@ def crash_verdict(rc: int, stderr: str) -> str:
 
 
 def _child(path: str, opts: str) -> int:
-    from edge_chat.chat.params import make_params
+    from edge_chat.params import make_params
     from edge_chat.engines import EngineOptions, load_engine
     from edge_chat.errors import EdgeChatError
     try:

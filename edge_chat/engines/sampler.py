@@ -25,7 +25,7 @@ import numpy as np
 from edge_chat.errors import EdgeChatError
 
 if TYPE_CHECKING:
-    from edge_chat.chat.params import SamplingParams
+    from edge_chat.params import SamplingParams
 
 #: how many recent tokens repeat_penalty looks at (llama.cpp's default penalty_last_n)
 REPEAT_LAST_N = 64

@@ -16,7 +16,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
 from edge_chat.atomic import remove
 from edge_chat.errors import PullError
 from edge_chat.hub.repo import HubFile, Repo, hub_errors
-from edge_chat.store import fmt_size
+from edge_chat.system import fmt_size
 from edge_chat.tables import stderr_console
 
 #: huggingface_hub writes what it received every this many bytes (its default, 10 MiB,

@@ -8,7 +8,7 @@ import re
 
 from edge_chat.errors import PullError
 
-#: what edge_chat's engine feeds and reads (engines/onnx.py)
+#: what edge_chat's engine feeds and reads (engines/onnx/engine.py)
 _PAST, _PRESENT = "past_key_values.", "present."
 
 

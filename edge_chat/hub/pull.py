@@ -21,7 +21,8 @@ from rich.table import Table
 from edge_chat.atomic import atomic_path, write_json_atomic
 from edge_chat.errors import ModelNotFound, PullError
 from edge_chat.hub.repo import Choice, Repo, list_repo, norm_quant, offers, parse_spec, pick
-from edge_chat.store import check_path, find_in_store, fmt_size, models_dir, slug
+from edge_chat.store.paths import check_path, find_in_store, models_dir, slug
+from edge_chat.system import fmt_size
 from edge_chat.tables import stderr_console
 
 INDEX = ".pulled.json"          # hub id (and id:tag) -> store name
@@ -197,7 +198,7 @@ def _convert(repo: Repo, choice: Choice, to: str | None, quant: str | None, spec
         raise PullError(f"'{repo.repo_id}' holds safetensors weights, which must be converted: "
                         f"that needs the convert extra (pip install 'edge-chat[convert]'), or "
                         "pull a ready-made -GGUF repo instead")
-    from edge_chat.convert.run import run_convert
+    from edge_chat.convert.pipeline import run_convert
     from edge_chat.hub.download import fetch
     root = models_dir()
     staging = _staging(root, repo, choice)

@@ -12,7 +12,7 @@ from typing import Iterator
 
 from edge_chat.errors import PullError
 from edge_chat.hub import DEFAULT_QUANT
-from edge_chat.store import SPLIT_RE, slug
+from edge_chat.store.paths import SPLIT_RE, slug
 
 _HUB_PREFIX = re.compile(r"^(?:https?://)?(?:www\.)?(?:hf\.co|huggingface\.co)/", re.IGNORECASE)
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)(?::(?P<tag>[^/:]+))?/?$")

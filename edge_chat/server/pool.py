@@ -28,15 +28,9 @@ from edge_chat.chat.completion import ChatModel, Event
 from edge_chat.engines.base import Token, default_n_ctx
 from edge_chat.engines import EngineOptions, request_view
 from edge_chat.errors import EdgeChatError, ModelNotFound, printable
-from edge_chat.store import (
-    check_name,
-    describe,
-    fmt_size,
-    find_in_store,
-    list_models,
-    model_name,
-    resolve_model,
-)
+from edge_chat.store.paths import (check_name, describe, find_in_store, list_models, model_name,
+                                   resolve_model)
+from edge_chat.system import fmt_size
 
 log = logging.getLogger("edge_chat.server")
 
@@ -174,10 +168,9 @@ class Entry:
         if per_token:
             self.memory.update(kv_bytes_per_slot=per_token * info.n_ctx,
                                kv_bytes_total=per_token * info.n_ctx * slots)
-        if slots > 1 and (self.pool.config.engine.draft
-                          or self.pool.config.engine.speculative not in ("auto", "off")):
-            log.warning("%s: speculative decoding is off while %d requests decode together "
-                        "(--parallel 1 turns it on)", self.name, slots)
+        if slots > 1 and self.pool.config.engine.draft:
+            log.warning("%s: the --draft model drafts only with --parallel 1; with %d slots, "
+                        "prompt lookup and predictions draft", self.name, slots)
         kv = self.memory.get("kv_bytes_per_slot")
         log.info("loaded %s (%s, %d slot(s), context %d per slot%s)", self.name, info.format,
                  slots, info.n_ctx, f", KV cache {fmt_size(kv)} per slot, "
@@ -385,7 +378,8 @@ class ModelPool:
         return {"status": "ok", "parallel": self.config.engine.parallel,
                 "loaded": [{"id": e.name, "ready": e.model is not None, "pending": e.pending,
                             "busy": bool(e.running), "running": len(e.running),
-                            "slots": e.slots, **e.memory} for e in self._entries.values()],
+                            "slots": e.slots, **e.memory, "prompt_cache": _cache_of(e.model)}
+                           for e in self._entries.values()],
                 "stats": dict(self.stats)}
 
     def close(self) -> None:
@@ -397,3 +391,9 @@ class ModelPool:
                 e.cancel(job)
             e.executor.shutdown(wait=True, cancel_futures=True)
             e._close()
+
+
+def _cache_of(model: ChatModel | None) -> dict | None:
+    """The prompt cache's entries, hits, RAM and disk bytes (None: off or not loaded)."""
+    cache = model.engine.prompt_cache if model is not None else None
+    return cache.summary() if cache is not None else None

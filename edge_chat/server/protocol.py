@@ -15,9 +15,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, PrivateAttr, Valida
 
 from edge_chat import __version__
 from edge_chat.chat.completion import Choice, TokenLogprob
-from edge_chat.chat.grammar import check_response_format
+from edge_chat.chat.structured import check_response_format
 from edge_chat.chat.messages import normalize_messages
-from edge_chat.chat.params import SamplingParams, chat_params
+from edge_chat.params import SamplingParams, chat_params
 from edge_chat.chat.tools import ToolCall, ToolSpec, parse_tools
 from edge_chat.errors import EdgeChatError
 

@@ -2,7 +2,7 @@
 conversation, and the handlers the page's buttons call.
 
 Everything here calls the chat core as the terminal does (runtime.open_chat,
-ChatModel.prepare / stream / cancel); app.py only lays out widgets and wires
+ChatModel.prepare / stream / cancel); page.py only lays out widgets and wires
 them to these methods, so all of it is testable without a browser."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_chat.atomic import write_json_atomic, write_text_atomic
-from edge_chat.chat.completion import ChatModel, Stats
+from edge_chat.chat.completion import ChatModelLike, Stats
 from edge_chat.chat.conversation import Conversation as ChatConversation
-from edge_chat.chat.params import SamplingParams, chat_params
+from edge_chat.params import SamplingParams, chat_params
 from edge_chat.engines import EngineOptions
 from edge_chat.errors import EdgeChatError
-from edge_chat.store import describe, find_in_store, list_models, model_name, models_dir
+from edge_chat.store.paths import describe, find_in_store, list_models, model_name, models_dir
 
 BUSY_TIMEOUT = 60.0   # seconds a switch waits for a stopped answer to end
 
@@ -81,7 +81,8 @@ class ModelHolder:
     the new one, so at most one is in memory; a generation holds `_busy`."""
 
     def __init__(self, options: EngineOptions | None = None, *, chat_template: str | None = None,
-                 context_policy: str = "truncate", opener: Callable[..., ChatModel] | None = None,
+                 context_policy: str = "truncate",
+                 opener: Callable[..., ChatModelLike] | None = None,
                  allow_special: bool = False):
         from functools import partial
 
@@ -91,7 +92,7 @@ class ModelHolder:
         self.context_policy = context_policy
         self._open = opener or partial(open_chat, allow_special=allow_special)
         self._paths: dict[str, Path] = {}      # models given by path, outside the store
-        self.model: ChatModel | None = None
+        self.model: ChatModelLike | None = None
         self.name: str | None = None
         self.status = ""
         self._busy = threading.Lock()
@@ -114,7 +115,7 @@ class ModelHolder:
 
     def add(self, spec: str) -> str:
         """The picker name of a CLI model argument (a store name or a path)."""
-        from edge_chat.store import resolve_model
+        from edge_chat.store.paths import resolve_model
         path = resolve_model(spec)
         name = model_name(path)
         if path.parent.resolve() != models_dir().resolve():
@@ -173,7 +174,7 @@ class ModelHolder:
 
     # -- generation -----------------------------------------------------------
     @contextmanager
-    def generation(self) -> Iterator[ChatModel]:
+    def generation(self) -> Iterator[ChatModelLike]:
         """The loaded model, for one answer (one at a time)."""
         if not self._busy.acquire(timeout=BUSY_TIMEOUT):
             raise EdgeChatError("the model is busy with another answer; try again")
@@ -252,7 +253,7 @@ class ChatUI:
             notes.append(f"error: {type(e).__name__}: {e}")
         yield conv, " · ".join(notes) or f"ready · {self.holder.status}"
 
-    def _stream(self, conv: Conversation, model: ChatModel, events: Iterator,
+    def _stream(self, conv: Conversation, model: ChatModelLike, events: Iterator,
                 notes: list[str]) -> Iterator[tuple[Conversation, str]]:
         """Show an answer as it grows; the footer and notes when it ends."""
         if conv.dropped:
