@@ -218,6 +218,33 @@ def parse_size(text: str | int) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+                   "h": 3600.0}
+
+
+def parse_duration(value: str | int | float, param: str = "keep_alive") -> float:
+    """Seconds from a number of seconds (300, "300") or a Go duration ("5m", "1h30m", "0");
+    negative means forever (inf). A bad value is an EdgeChatError naming `param`."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            parts = re.findall(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
+            if not parts or "".join(a + b for a, b in parts) != text:
+                raise EdgeChatError(f"invalid '{param}': {value[:40]!r} (a duration such as "
+                                    "\"5m\", \"30s\", \"0\" or \"-1\")", param=param) from None
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    else:
+        raise EdgeChatError(f"invalid '{param}': a duration such as \"5m\", or seconds",
+                            param=param)
+    if seconds != seconds:                          # NaN
+        raise EdgeChatError(f"invalid '{param}': not a number", param=param)
+    return float("inf") if seconds < 0 else seconds
+
+
 def fmt_size(n: float | None) -> str:
     """Bytes for people: '491.4 MB' (decimal units); None → '?'."""
     if n is None:

@@ -48,6 +48,7 @@ class Stats:
     accepted_tokens: int = 0        # ... of which the answer kept
     prediction_accepted: int = 0    # Predicted Outputs: prediction tokens kept / rejected
     prediction_rejected: int = 0
+    stop: str | None = None         # the stop string that ended the answer
 
     @property
     def acceptance(self) -> float | None:
@@ -391,7 +392,7 @@ class ChatModel:
                         break
         finally:
             gen.close()
-        stats.seconds = time.perf_counter() - t0
+        stats.seconds, stats.stop = time.perf_counter() - t0, stops.hit
         spec = engine.speculation
         stats.draft_tokens, stats.accepted_tokens = spec.drafted, spec.accepted
         stats.prediction_accepted = spec.prediction_accepted

@@ -167,8 +167,11 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0: all)."),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGE_CHAT_API_KEY",
-                                          help="Require 'Authorization: Bearer KEY' on /v1/*."),
+                                          help="Require the key on every API route "
+                                          "('Authorization: Bearer KEY' or 'x-api-key: KEY')."),
     max_loaded: int = typer.Option(2, "--max-loaded", help="Models kept in memory at once."),
+    keep_alive: str = typer.Option("5m", "--keep-alive", help="How long an idle model stays "
+                                   "loaded (e.g. 30s, 5m, 1h; -1: until --max-loaded evicts it)."),
     max_queue: int = typer.Option(8, "--max-queue", help="Requests waiting per model beyond "
                                   "its --parallel slots (then 503)."),
     parallel: int = typer.Option(4, "--parallel", "-np", help="Requests decoded together per "
@@ -185,10 +188,11 @@ def serve(
     chat_template: Optional[str] = TemplateOpt, allow_special: bool = SpecialOpt,
     engine: EngineOptions = None,
 ):
-    """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models)."""
+    """Serve OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models), Ollama's
+    (/api/chat, /api/generate, /api/tags...) and Anthropic's Messages (/v1/messages)."""
     from dataclasses import replace
 
-    from edge_chat.system import parse_size
+    from edge_chat.system import parse_duration, parse_size
     from edge_chat.server import ServerConfig
     from edge_chat.server import serve as run_server
     models = [in_store(m, yes) for m in models or []]
@@ -197,6 +201,7 @@ def serve(
         max_loaded=max_loaded, max_queue=max_queue, cors_origins=cors_origin or [],
         chat_template=chat_template, allowed_hosts=allowed_host or [],
         max_body=parse_size(max_body), allow_special=allow_special,
+        keep_alive=parse_duration(keep_alive, "keep-alive"),
         engine=replace(engine, parallel=parallel)),
         log_level=log_level)
 

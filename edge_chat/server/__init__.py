@@ -1,12 +1,17 @@
-"""The OpenAI-compatible HTTP API: `edge_chat serve`.
+"""The HTTP API of `edge_chat serve`: OpenAI's routes, Ollama's and Anthropic's Messages.
 
-    routes.py    routes, auth, CORS, errors in OpenAI's shape, SSE streaming
-    pool.py      models loaded lazily, LRU-unloaded, one worker thread and queue each
-    protocol.py  request parsing/validation and response/chunk bodies
-    serve.py     configuration checks and uvicorn
+    routes.py       the app: OpenAI's routes, auth, CORS, the error mapping, SSE streaming
+    jobs.py         one request's job (any protocol): queued, read, cancelled
+    shapes.py       errors in the shape of the request's protocol
+    ollama.py       Ollama's routes (/api/...), ollama_wire.py its wire format
+    anthropic.py    Anthropic's Messages (/v1/messages), anthropic_wire.py its wire format
+    pool.py         models loaded lazily, unloaded when idle or least recently used
+    entry.py        one model: its worker threads, queue and jobs
+    protocol.py     OpenAI's request parsing/validation and response/chunk bodies
+    serve.py        configuration checks and uvicorn
 """
 
-from edge_chat.server.pool import ServerConfig
+from edge_chat.server.config import ServerConfig
 
 __all__ = ["ServerConfig", "create_app", "serve"]
 

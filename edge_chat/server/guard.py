@@ -7,7 +7,8 @@
 - the body is at most `max_body` bytes, counted while it arrives (with or without
   Content-Length): 413 as soon as it is over, without reading the rest.
 
-Errors are OpenAI-shaped JSON like every other error of the API."""
+Errors are JSON in the shape of the request's protocol (shapes.py), like every other
+error of the API."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import ipaddress
 import json
 import socket
 
-from edge_chat.server.protocol import error_body
+from edge_chat.server.shapes import error_payload
 
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1", "localhost.localdomain")
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
@@ -86,17 +87,17 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
         if not self.policy.allows(headers.get("host")):
-            return await _reply(send, 403, "this server does not answer to the host name "
+            return await _reply(send, scope, 403, "this server does not answer to the host name "
                                 f"'{host_name(headers['host'])[:100]}' (start it with "
                                 "--allowed-host NAME to allow it)", "host_not_allowed")
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         if not _is_json(headers.get("content-type", "")):
-            return await _reply(send, 415, "send the request body as JSON with 'Content-Type: "
-                                "application/json'", "unsupported_media_type")
+            return await _reply(send, scope, 415, "send the request body as JSON with "
+                                "'Content-Type: application/json'", "unsupported_media_type")
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body:
-            return await self._too_big(send)
+            return await self._too_big(send, scope)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -105,7 +106,7 @@ class Guard:
             body = message.get("body", b"")
             size += len(body)
             if size > self.max_body:
-                return await self._too_big(send)
+                return await self._too_big(send, scope)
             chunks.append(body)
             if not message.get("more_body"):
                 break
@@ -120,13 +121,15 @@ class Guard:
 
         return await self.app(scope, replay, send)
 
-    async def _too_big(self, send):
-        return await _reply(send, 413, f"the request body is larger than {self.max_body} bytes "
-                            "(the server's --max-body)", "request_too_large")
+    async def _too_big(self, send, scope):
+        return await _reply(send, scope, 413, f"the request body is larger than "
+                            f"{self.max_body} bytes (the server's --max-body)",
+                            "request_too_large")
 
 
-async def _reply(send, status: int, message: str, code: str) -> None:
-    body = json.dumps(error_body(message, "invalid_request_error", None, code)).encode()
+async def _reply(send, scope, status: int, message: str, code: str) -> None:
+    body = json.dumps(error_payload(scope.get("path", ""), status, message,
+                                    "invalid_request_error", None, code)).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),

@@ -184,6 +184,14 @@ class CompletionRequest(_Request):
 
 def parse(cls: type[_Request], body: bytes) -> tuple[_Request, SamplingParams]:
     """A validated request and its sampling params from a raw JSON body."""
+    req = load_body(cls, body)
+    req.check()
+    req.include_usage               # noqa: B018  validated here, before any job starts
+    return req, req.params()
+
+
+def load_body(cls: type[BaseModel], body: bytes) -> Any:
+    """`cls` validated from a raw JSON body (EdgeChatError naming the field)."""
     if not body.strip():
         raise EdgeChatError("the request body is empty: send a JSON object")
     try:
@@ -197,9 +205,7 @@ def parse(cls: type[_Request], body: bytes) -> tuple[_Request, SamplingParams]:
             raise EdgeChatError("the request body must be a JSON object") from None
         field = str(e["loc"][0])
         raise EdgeChatError(f"invalid '{field}': {e['msg']}", param=field) from None
-    req.check()
-    req.include_usage               # noqa: B018  validated here, before any job starts
-    return req, req.params()
+    return req
 
 
 # -- responses ----------------------------------------------------------------
@@ -212,7 +218,8 @@ def now() -> int:
 
 
 #: an absolute path in a message (not an API route): a client learns the last part only
-_ABS_PATH = re.compile(r"(?<![\w.:/~])/(?!v1\b)(?:[^\s/'\",;()\[\]]+/)*([^\s/'\",;()\[\]]*)")
+_ABS_PATH = re.compile(r"(?<![\w.:/~])/(?!(?:v1|api)\b)"
+                       r"(?:[^\s/'\",;()\[\]]+/)*([^\s/'\",;()\[\]]*)")
 
 
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,

@@ -6,7 +6,7 @@ import logging
 import sys
 
 from edge_chat.errors import EdgeChatError
-from edge_chat.server.pool import ServerConfig
+from edge_chat.server.config import ServerConfig
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
