@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edge_chat.bench.prompts import chat_frame, eog_ids, exact_prompt, filler_tokens
+from edge_chat.engines.kv import common_prefix
 from edge_chat.errors import EdgeChatError
 
 RESULT_MARK = "EDGE_CHAT_BENCH_RESULT "
@@ -85,17 +86,6 @@ def peak_rss_bytes() -> int:
         r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         peak = r if sys.platform == "darwin" else r * 1024
     return peak
-
-
-# -- prompts ------------------------------------------------------------------------
-
-def _lcp(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 # -- one model, in this process -----------------------------------------------------
@@ -173,7 +163,7 @@ class Runner:
                 p2 = m.prepare_text(f"{user1}{t1['text']}\n\nQuestion: {SECOND_QUESTION}\nAnswer:",
                                     self.params).tokens
             t2 = self.run(p2)
-            new = len(p2) - _lcp(p2, p1 + self.engine.tokenize(t1["text"]))
+            new = len(p2) - common_prefix(p2, p1 + self.engine.tokenize(t1["text"]))
             turns.append((len(p1), t1, len(p2), t2, new))
         ttft1 = summary([t[1]["ttft"] for t in turns])
         ttft2 = summary([t[3]["ttft"] for t in turns])

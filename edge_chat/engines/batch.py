@@ -280,7 +280,6 @@ class BatchEngine:
             req.fed += len(toks)
             if req.fed == len(req.prompt) - 1:
                 req.pending = req.prompt[-1]
-                save_prefix(self.engine.prompt_cache, self.engine, s.seq, req.prompt[:-1])
         return [("prefill", seq, len(toks)) for seq, _pos, toks, _ in items]
 
     def _drafts(self, decoding: list[Slot]) -> list[list[int]]:
@@ -314,6 +313,9 @@ class BatchEngine:
         if before_put is not None:
             before_put(tok.id, ends)
         req.queue.put(tok)
+        if len(req.out) == 1 and req.n_prompt_evaluated > 1:
+            # the sequence holds the prompt: it joins the prompt cache, off the first token's path
+            save_prefix(self.engine.prompt_cache, self.engine, s.seq, req.prompt)
         if ends:
             self._release(s)        # a full window: the caller sees no EOG ("length")
             return False

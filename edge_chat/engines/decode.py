@@ -85,7 +85,7 @@ class LocalEngine:
     def prefill(self, prompt: Sequence[int]) -> np.ndarray:
         """Bring the cache to `prompt` reusing the common prefix (its own, or a longer
         one from the prompt cache); the logits row after it. The last prompt token is
-        always evaluated on its own; the prompt before it joins the prompt cache."""
+        always evaluated on its own."""
         own = self.kv.reusable(prompt)
         keep = restore_prefix(self.prompt_cache, self, 0, self.kv, prompt, own)
         if keep is None:
@@ -93,8 +93,13 @@ class LocalEngine:
         self.n_prompt_evaluated = len(prompt) - keep
         if keep < len(prompt) - 1:
             self.eval(prompt[keep:-1])
-            save_prefix(self.prompt_cache, self, 0, prompt[:-1])
         return self.eval(prompt[-1:])
+
+    def _cache_prompt(self, prompt: Sequence[int]) -> None:
+        """(after the first token reached the reader) the prompt the cache holds now
+        joins the prompt cache, unless it came from a cache."""
+        if self.n_prompt_evaluated > 1:
+            save_prefix(self.prompt_cache, self, 0, prompt)
 
     def pick(self, row: np.ndarray, out: Sequence[int], sampler: TokenSampler,
              processors: Sequence[LogitsProcessor], logprobs: int | None) -> Token:
@@ -116,7 +121,8 @@ class LocalEngine:
                     return
                 row = self.prefill(prompt)
             if drafters is not None:
-                yield from self._speculate(row, sampler, processors, logprobs, stop, drafters)
+                yield from self._speculate(prompt, row, sampler, processors, logprobs, stop,
+                                           drafters)
                 return
             out: list[int] = []
             while True:
@@ -131,11 +137,13 @@ class LocalEngine:
                 with self._lock:
                     if stop():
                         return
+                    if len(out) == 1:
+                        self._cache_prompt(prompt)
                     row = self.eval([tok.id])
         finally:
             sampler.close()
 
-    def _speculate(self, row: np.ndarray, sampler: TokenSampler,
+    def _speculate(self, prompt: list[int], row: np.ndarray, sampler: TokenSampler,
                    processors: Sequence[LogitsProcessor], logprobs: int | None,
                    stop: Callable[[], bool], drafters: Drafters) -> Iterator[Token]:
         """The decode loop with drafts verified in one pass (speculative.py)."""
@@ -158,6 +166,8 @@ class LocalEngine:
             with self._lock:
                 if stop():
                     return
+                if len(out) == 1:
+                    self._cache_prompt(prompt)
                 base = len(self.kv)
                 rows = self.eval([tok.id, *draft], all_logits=bool(draft))
             if not draft:

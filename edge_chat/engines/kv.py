@@ -15,6 +15,16 @@ if TYPE_CHECKING:
     from edge_chat.params import SamplingParams
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class KVCache:
     """The tokens whose keys/values are in an engine's cache, in position order."""
 
@@ -31,12 +41,7 @@ class KVCache:
 
     def common_prefix(self, prompt: Sequence[int]) -> int:
         """How many leading tokens of `prompt` the cache already holds."""
-        n = 0
-        for a, b in zip(self.tokens, prompt):
-            if a != b:
-                break
-            n += 1
-        return n
+        return common_prefix(self.tokens, prompt)
 
     def reusable(self, prompt: Sequence[int]) -> int:
         """Cached positions a generate() over `prompt` keeps: the common prefix,

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_chat.engines.kv import common_prefix
+
 if TYPE_CHECKING:
     from edge_chat.engines.cache_disk import DiskStore
     from edge_chat.engines.kv import KVCache
@@ -57,15 +59,6 @@ def block_hashes(tokens: Sequence[int], limit: int | None = None) -> list[int]:
         h = hash((h, tuple(tokens[b - BLOCK:b])))
         out.append(h)
     return out
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @dataclass(eq=False)
@@ -189,10 +182,10 @@ class PromptCache:
                     best = Hit(e, n)
             return best
 
-    def covered(self, tokens: Sequence[int]) -> bool:
-        """Does an entry already hold all of `tokens`?"""
+    def covered(self, tokens: Sequence[int], tail: int = 0) -> bool:
+        """Does an entry already hold all of `tokens` but fewer than `tail` of them?"""
         hit = self._find([*tokens, -1])
-        return hit is not None and hit.n >= len(tokens)
+        return hit is not None and hit.n >= len(tokens) - max(tail - 1, 0)
 
     def state(self, hit: Hit) -> bytes | None:
         """The state of a found entry, read from disk if RAM no longer holds it
@@ -376,8 +369,9 @@ def restore_prefix(cache: PromptCache | None, engine, seq: int, kv: KVCache,
 
 def save_prefix(cache: PromptCache | None, engine, seq: int, tokens: Sequence[int]) -> None:
     """Cache the state of sequence `seq`, which holds exactly `tokens`, unless it is
-    short or an entry holds it already."""
-    if cache is None or len(tokens) < MIN_TOKENS or cache.covered(tokens):
+    short or an entry holds all of it but a tail shorter than MIN_TOKENS (another
+    question after a cached system prompt: the entry serves its next one as well)."""
+    if cache is None or len(tokens) < MIN_TOKENS or cache.covered(tokens, MIN_TOKENS):
         return
     state = engine.seq_state(seq, len(tokens))
     if state:
