@@ -96,6 +96,8 @@ def test_another_conversation_restores_the_shared_prefix_with_the_same_answer(
     assert evaluated < 40, "the system prompt came from the cache, not from a new prefill"
     summary = eng.prompt_cache.summary()
     assert summary["hits"] >= 1 and summary["hit_tokens"] > MIN_TOKENS
+    # B adds only a short tail to A's entry: no second copy of the system prompt
+    assert summary["saved"] == 1 and summary["entries"] == 1
     gen_a.close()
     eng.close()
 
@@ -122,7 +124,7 @@ def test_a_restart_reads_the_prefix_back_from_disk(model_path, folder):
     first_out, first_n, n_prompt = run()
     assert first_n == n_prompt
     [row] = list_folders(folder)
-    assert row["entries"] == 1 and row["longest_tokens"] == n_prompt - 1
+    assert row["entries"] == 1 and row["longest_tokens"] == n_prompt     # the whole prompt
     second_out, second_n, _ = run()
     assert second_out == first_out and second_n == 1
 

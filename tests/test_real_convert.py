@@ -89,7 +89,16 @@ def test_onnx_fp32_equals_transformers(real_qwen_converted, reference):
     check_same_tokens(real_qwen_converted.get("onnx", "fp32"), reference)
 
 
-@pytest.mark.parametrize("quant", ["int8", "int4"])
+# int8 (dynamic, activations quantized per tensor at run time) answers the real Qwen's
+# questions off-topic since 2026-12-04 - with the same fp32 graph and the quantizers and
+# runtimes of onnxruntime 1.23.2, 1.31.1 and 1.32.0 alike, per channel or per tensor, with
+# or without the lm_head quantized; the tree of the commit before reproduces it. Strict:
+# the day it answers again, this fails and the mark goes. (ONNX quantization: issue 26.)
+INT8_OFF_TOPIC = pytest.mark.xfail(strict=True, reason="int8 ONNX of the real Qwen answers "
+                                   "off-topic (docs/commands.md)")
+
+
+@pytest.mark.parametrize("quant", [pytest.param("int8", marks=INT8_OFF_TOPIC), "int4"])
 def test_onnx_quantized_answers(real_qwen_converted, quant):
     check_keywords(real_qwen_converted.get("onnx", quant))
 
