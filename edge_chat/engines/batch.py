@@ -52,7 +52,25 @@ FIRST_CHUNK = 64
 _END = object()
 
 
-class BatchEngine:
+class _TokenSide:
+    """The token side of the Engine protocol, answered by the engine that decodes
+    (`self.engine`): the same for the batch and for each request's view of it."""
+    engine: BatchBackend
+
+    def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
+        return self.engine.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return self.engine.detokenize(tokens)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.engine.token_bytes(token)
+
+    def is_eog(self, token: int) -> bool:
+        return self.engine.is_eog(token)
+
+
+class BatchEngine(_TokenSide):
     """The Engine protocol over a `BatchBackend` (an engine opened with `n_seq` > 1),
     serving up to `n_seq` generations at once. `session()` gives a per-request view
     whose cancel() stops only its own generations."""
@@ -84,19 +102,7 @@ class BatchEngine:
                                         daemon=True)
         self._thread.start()
 
-    # -- the Engine protocol ----------------------------------------------------
-    def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
-        return self.engine.tokenize(text, add_bos=add_bos, special=special)
-
-    def detokenize(self, tokens: list[int]) -> str:
-        return self.engine.detokenize(tokens)
-
-    def token_bytes(self, token: int) -> bytes:
-        return self.engine.token_bytes(token)
-
-    def is_eog(self, token: int) -> bool:
-        return self.engine.is_eog(token)
-
+    # -- the Engine protocol (the token side: _TokenSide) --------------------------
     @property
     def prompt_cache(self):
         """The prompt cache every slot shares (None: off)."""
@@ -373,12 +379,13 @@ def _average(old: float, new: float) -> float:
     return new if not old else 0.8 * old + 0.2 * new
 
 
-class Session:
+class Session(_TokenSide):
     """One request's view of a BatchEngine: generate() as the engine's, cancel()
     stops only this view's generations, n_prompt_evaluated is its own."""
 
     def __init__(self, batch: BatchEngine):
         self._batch = batch
+        self.engine = batch.engine      # the token side (_TokenSide)
         self._live: set[Request] = set()
         self.n_prompt_evaluated = 0
         self.speculation = SpecStats()
@@ -387,18 +394,6 @@ class Session:
     info = property(lambda self: self._batch.info)
     capabilities = property(lambda self: self._batch.capabilities)
     n_vocab = property(lambda self: self._batch.n_vocab)
-
-    def tokenize(self, text: str, add_bos: bool = False, special: bool = True) -> list[int]:
-        return self._batch.tokenize(text, add_bos=add_bos, special=special)
-
-    def detokenize(self, tokens: list[int]) -> str:
-        return self._batch.detokenize(tokens)
-
-    def token_bytes(self, token: int) -> bytes:
-        return self._batch.token_bytes(token)
-
-    def is_eog(self, token: int) -> bool:
-        return self._batch.is_eog(token)
 
     def logprobs(self, tokens: list[int]):
         return self._batch.logprobs(tokens)
