@@ -61,6 +61,23 @@ def check_parallel(n: int) -> None:
                             param="parallel")
 
 
+def import_engines(paths) -> None:
+    """Import the engine modules (and their runtimes: llama.cpp, onnxruntime, tokenizers)
+    that the model `paths` need, so that a first load later does not pay for the imports
+    (serve runs this in the background at start). Import errors surface at the load."""
+    kinds = {model_kind(p) or ("gguf" if Path(p).is_file() else None) for p in paths}
+    try:
+        if "gguf" in kinds:
+            from edge_chat.engines.gguf.engine import _llama
+            _llama()
+        if "onnx" in kinds:
+            import edge_chat.engines.onnx.engine  # noqa: F401
+            import tokenizers  # noqa: F401
+        from edge_chat.engines.prompt_cache import open_prompt_cache  # noqa: F401
+    except Exception:  # noqa: BLE001  the real load reports it
+        pass
+
+
 def load_engine(path: Path, options: EngineOptions | None = None, *, probe: bool = True):
     """The engine for a model path (a GGUF file or an ONNX model folder), with
     speculative decoding set up as the options ask (a draft model loaded). `probe`: the
@@ -122,10 +139,12 @@ def _load(path: Path, o: EngineOptions, probe: bool):
     if not path.exists():
         raise ModelNotFound(f"model not found: {path}")
     kind = model_kind(path) or ("gguf" if path.is_file() and has_gguf_magic(path) else None)
+    header = None
     if kind == "gguf":
         from edge_chat.store.gguf_check import check_gguf
         from edge_chat.store.gguf_file import read_gguf
-        check_gguf(read_gguf(path))
+        header = read_gguf(path)
+        check_gguf(header)
     if kind is not None and probe:
         from edge_chat.engines.probe import ensure_loadable
         from edge_chat.store.paths import model_name
@@ -133,7 +152,8 @@ def _load(path: Path, o: EngineOptions, probe: bool):
     if kind == "gguf":
         from edge_chat.engines.gguf.engine import GGUFEngine
         engine = GGUFEngine(path, n_ctx=o.n_ctx, threads=o.threads, gpu_layers=o.gpu_layers,
-                            vram=o.vram, kv_type=o.kv_type, mmap=o.mmap, n_seq=o.parallel)
+                            vram=o.vram, kv_type=o.kv_type, mmap=o.mmap, n_seq=o.parallel,
+                            header=header)
     elif kind == "onnx":
         from edge_chat.engines.onnx.engine import OnnxEngine
         engine = OnnxEngine(path, n_ctx=o.n_ctx, threads=o.threads, provider=o.provider,

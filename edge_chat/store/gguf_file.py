@@ -243,10 +243,18 @@ class _Cursor:
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
-    def skip_string(self, what: str) -> None:
-        n = self.u64(what)
-        self.need(n, what)
-        self.pos += n
+    def skip_strings(self, count: int, what: str) -> None:
+        """Step over `count` strings (a tokenizer's 150k tokens or merges: one tight
+        loop rather than a call per string)."""
+        buf, pos, size, unpack = self.buf, self.pos, self.size, struct.unpack_from
+        code = self.e + "Q"
+        for _ in range(count):
+            if pos + 8 > size:
+                raise self.truncated(what)
+            pos += 8 + unpack(code, buf, pos)[0]
+        if pos > size:
+            raise self.truncated(what)
+        self.pos = pos
 
 
 def _read_value(cur: _Cursor, vtype: int, key: str, load_array: bool, depth: int = 0) -> Any:
@@ -275,8 +283,7 @@ def _read_value(cur: _Cursor, vtype: int, key: str, load_array: bool, depth: int
     if etype == _STRING:
         cur.need(n * 8, what)  # at least a length per element
         if not load_array and n > SMALL_ARRAY:
-            for _ in range(n):
-                cur.skip_string(what)
+            cur.skip_strings(n, what)
             return GGUFArray("string", n)
         return [cur.string(what) for _ in range(n)]
     if etype == _ARRAY:  # nested arrays: rare, always loaded

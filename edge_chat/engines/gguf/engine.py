@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import random
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,23 +54,29 @@ def gpu_layers_for(gguf, gpu_layers: int | str | None, vram: str | int | None, n
 
 
 _log = {"quiet": True, "lines": []}
+_init_lock = threading.Lock()
 
 
 def _llama():
     """llama_cpp's low-level bindings, the backend initialised once, its log
     kept (the last lines explain a failed load) instead of printed."""
     import llama_cpp as lc
-    if "cb" not in _log:
-        @lc.llama_log_callback
-        def cb(level, text, _user):
-            line = text.decode("utf-8", "replace")
-            if not _log["quiet"]:
-                sys.stderr.write(line)
-            _log["lines"] = (_log["lines"] + [line])[-8:]
-        _log["cb"] = cb     # the C side holds a pointer: keep the callback alive
-        lc.llama_log_set(cb, ctypes.c_void_p(0))
-        lc.llama_backend_init()
+    with _init_lock:        # serve's warm-up thread may race a first load
+        if "cb" not in _log:
+            _init_backend(lc)
     return lc
+
+
+def _init_backend(lc) -> None:
+    @lc.llama_log_callback
+    def cb(level, text, _user):
+        line = text.decode("utf-8", "replace")
+        if not _log["quiet"]:
+            sys.stderr.write(line)
+        _log["lines"] = (_log["lines"] + [line])[-8:]
+    _log["cb"] = cb     # the C side holds a pointer: keep the callback alive
+    lc.llama_log_set(cb, ctypes.c_void_p(0))
+    lc.llama_backend_init()
 
 
 def _last_log() -> str:
@@ -89,9 +96,11 @@ class GGUFEngine(LocalEngine):
     def __init__(self, path: Path, *, n_ctx: int | None = None, threads: int | None = None,
                  gpu_layers: int | str | None = 0, vram: str | int | None = None,
                  kv_type: str = "f16", mmap: bool = True, verbose: bool = False,
-                 n_seq: int = 1):
+                 n_seq: int = 1, header=None):
         path = Path(path)
-        gguf = read_gguf(path)          # clear errors for non-GGUF / truncated files
+        # `header`: the file's read_gguf, when the caller has it (clear errors for
+        # non-GGUF / truncated files)
+        gguf = header if header is not None else read_gguf(path)
         if kv_type not in KV_TYPES:
             raise EdgeChatError(f"--kv-type must be one of {', '.join(KV_TYPES)}", param="kv_type")
         ctx = default_n_ctx(gguf.context_length, n_ctx)
