@@ -126,6 +126,38 @@ def test_max_output_tokens_is_incomplete(client, model, server):
 
 
 @pytest.mark.parametrize("model", MODELS)
+def test_logprobs(client, model):
+    kw = {"include": ["message.output_text.logprobs"], "top_logprobs": 2}
+    r = ask(client, model, **kw)
+    lp = r.output[0].content[0].logprobs
+    assert "".join(t.token for t in lp) == r.output_text == FRANCE.answer
+    assert all(t.logprob <= 0 and len(t.top_logprobs) == 2 for t in lp)
+    assert lp[0].bytes == list(lp[0].token.encode())
+    with client.responses.stream(model=model, input=user(FRANCE), temperature=0,
+                                 max_output_tokens=60, **kw) as s:
+        events = list(s)
+    streamed = [t for e in events if e.type == "response.output_text.delta" for t in e.logprobs]
+    assert [t.token for t in streamed] == [t.token for t in lp]
+    assert ask(client, model).output[0].content[0].logprobs == []
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_truncation(client, model):
+    """A conversation longer than the window: a 400 naming `input`, or with
+    `truncation: auto` its oldest turns dropped."""
+    turn = "The river flows from the mountains down to the sea."
+    items = [{"role": r, "content": turn} for _ in range(60) for r in ("user", "assistant")]
+    items.append({"role": "user", "content": user(FRANCE)})
+    with pytest.raises(openai.BadRequestError) as e:
+        ask(client, model, input=items)
+    assert e.value.body["code"] == "context_length_exceeded" and e.value.body["param"] == "input"
+    r = ask(client, model, input=items, truncation="auto")
+    ctx = client.models.retrieve(model).model_extra["context_length"]
+    assert r.status == "completed" and r.usage.input_tokens + 60 <= ctx
+    assert r.truncation == "auto"
+
+
+@pytest.mark.parametrize("model", MODELS)
 def test_tool_round_trip(client, model):
     r = ask(client, model, tools=R_TOOLS, tool_choice={"type": "function", "name": "add"},
             max_output_tokens=120)

@@ -19,7 +19,7 @@ from sse_starlette import EventSourceResponse
 from edge_chat.chat.completion import Event, TokenLogprob, Usage
 from edge_chat.chat.messages import normalize_messages
 from edge_chat.chat.tools import ToolCall
-from edge_chat.errors import EdgeChatError
+from edge_chat.errors import ContextLengthExceeded, EdgeChatError
 from edge_chat.server.jobs import ClientGone, JobRun, chat_job, prompt_check, start_job
 from edge_chat.server.pool import ModelPool
 from edge_chat.server.protocol import error_body, load_body
@@ -201,6 +201,9 @@ def register(app: FastAPI, pool: ModelPool, check_key: Callable, store: Response
             job = await start_job(pool, request, model, run, prompt_check(msgs, body.policy))
         except ClientGone:
             return Response(status_code=499)
+        except ContextLengthExceeded as e:
+            e.param = "input"                       # the conversation, as this API names it
+            raise
         answer = Answer(body, job.name, history, reader, store)
         if body.stream:
             return EventSourceResponse(stream(answer, job, request.url.path), sep="\n")
