@@ -341,6 +341,22 @@ def test_stored_on_disk_and_bounded(store, hermes, tmp_path):
         s.stop()
 
 
+def test_unwritable_store_still_answers(store, tmp_path):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "responses").write_text("a file where the folder should be")
+    s = Server(store, *FAST, log=tmp_path / "server.log",
+               env={"EDGE_CHAT_CACHE": str(tmp_path / "cache")})
+    try:
+        c = openai.OpenAI(base_url=s.url, api_key="x", max_retries=0, timeout=120)
+        r = ask(c, GGUF)
+        assert r.output_text == FRANCE.answer
+        with pytest.raises(openai.NotFoundError):
+            c.responses.retrieve(r.id)
+    finally:
+        s.stop()
+    assert "could not store the response" in s.output()
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_openai_agents_responses_model(server, model):
     agents = pytest.importorskip("agents")

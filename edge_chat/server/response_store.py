@@ -10,6 +10,7 @@ excepted: OpenAI does not carry them over), and its own input items."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from collections import OrderedDict
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from edge_chat.atomic import write_text_atomic
 from edge_chat.errors import EdgeChatError, printable
+
+log = logging.getLogger("edge_chat.server")
 
 #: the ids this server gives (and the only names it reads from its folder)
 _ID = re.compile(r"resp_[0-9a-f]{32}")
@@ -32,7 +35,8 @@ class ResponseNotFound(EdgeChatError):
 
 
 class ResponseStore:
-    """Responses on disk, at most `limit` (0: none kept). Thread-safe."""
+    """Responses on disk, at most `limit` (0: none kept). Thread-safe. A folder that
+    cannot be written is logged, and its responses are not kept."""
 
     def __init__(self, folder: Path, limit: int):
         self.folder, self.limit = Path(folder), limit
@@ -59,7 +63,11 @@ class ResponseStore:
             return
         text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
         with self._lock:
-            write_text_atomic(path, text)
+            try:
+                write_text_atomic(path, text)
+            except OSError as e:                   # the answer stands; it cannot be continued
+                log.warning("could not store the response %s in %s: %s", rid, self.folder, e)
+                return
             order = self._known()
             order[rid] = None
             while len(order) > self.limit:
