@@ -185,11 +185,14 @@ def serve(
         None, "--allowed-host", help="Also answer requests for this Host name (repeatable; "
                                      "'*': any). Default: localhost names and the --host address."),
     max_body: str = typer.Option("4MiB", "--max-body", help="Largest request body (then 413)."),
+    max_responses: int = typer.Option(1000, "--max-responses", help="Responses kept on disk "
+                                      "for previous_response_id (/v1/responses; the oldest go "
+                                      "first; 0: none)."),
     chat_template: Optional[str] = TemplateOpt, allow_special: bool = SpecialOpt,
     engine: EngineOptions = None,
 ):
-    """Serve OpenAI's API (/v1/chat/completions, /v1/completions, /v1/models), Ollama's
-    (/api/chat, /api/generate, /api/tags...) and Anthropic's Messages (/v1/messages)."""
+    """Serve OpenAI's API (/v1/chat/completions, /v1/responses, /v1/completions, /v1/models),
+    Ollama's (/api/chat, /api/generate, /api/tags...) and Anthropic's Messages (/v1/messages)."""
     from dataclasses import replace
 
     from edge_chat.system import parse_duration, parse_size
@@ -201,7 +204,7 @@ def serve(
         max_loaded=max_loaded, max_queue=max_queue, cors_origins=cors_origin or [],
         chat_template=chat_template, allowed_hosts=allowed_host or [],
         max_body=parse_size(max_body), allow_special=allow_special,
-        keep_alive=parse_duration(keep_alive, "keep-alive"),
+        keep_alive=parse_duration(keep_alive, "keep-alive"), max_responses=max_responses,
         engine=replace(engine, parallel=parallel)),
         log_level=log_level)
 

@@ -1,8 +1,11 @@
-"""The HTTP API of `edge_chat serve`: OpenAI's routes, Ollama's and Anthropic's Messages.
+"""The HTTP API of `edge_chat serve`: OpenAI's routes (Chat Completions and Responses),
+Ollama's and Anthropic's Messages.
 
     routes.py       the app: OpenAI's routes, auth, CORS, the error mapping, SSE streaming
     jobs.py         one request's job (any protocol): queued, read, cancelled
     shapes.py       errors in the shape of the request's protocol
+    responses.py    OpenAI's Responses (/v1/responses), responses_wire.py its wire format,
+                    response_store.py the stored responses
     ollama.py       Ollama's routes (/api/...), ollama_wire.py its wire format
     anthropic.py    Anthropic's Messages (/v1/messages), anthropic_wire.py its wire format
     pool.py         models loaded lazily, unloaded when idle or least recently used

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from edge_chat.engines import EngineOptions
 
@@ -22,3 +23,5 @@ class ServerConfig:
     max_body: int = 4 * 1024 * 1024                           # bytes of a request body
     allow_special: bool = False             # special-token text in contents acts as markup
     keep_alive: float = 300.0               # seconds an idle model stays loaded (inf: forever)
+    max_responses: int = 1000               # stored Responses-API responses (0: none)
+    responses_dir: Path | None = None       # where they are kept (None: the cache's)

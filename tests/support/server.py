@@ -45,7 +45,8 @@ def edge_env(store: Path, **extra: str) -> dict:
 class Server:
     """`python -m edge_chat serve ARGS` until stop(); `url` is the /v1 base URL."""
 
-    def __init__(self, store: Path, *args: str, log: Path, timeout: float = 120.0):
+    def __init__(self, store: Path, *args: str, log: Path, timeout: float = 120.0,
+                 env: dict[str, str] | None = None):
         self.port = free_port()
         self.root = f"http://127.0.0.1:{self.port}"
         self.url = f"{self.root}/v1"
@@ -54,7 +55,7 @@ class Server:
         self.proc = subprocess.Popen(
             [PY, "-m", "edge_chat", "serve", *args, "--port", str(self.port),
              "--log-level", "warning"],
-            cwd=REPO, env=edge_env(store), stdin=subprocess.DEVNULL,
+            cwd=REPO, env=edge_env(store, **(env or {})), stdin=subprocess.DEVNULL,
             stdout=self._log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while True:
